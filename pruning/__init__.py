@@ -1,0 +1,1 @@
+"""tierserve.pruning: structured pruning of transformer models (heads, FFN neurons, layers)."""

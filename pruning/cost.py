@@ -1,0 +1,146 @@
+"""FLOPs and parameter counts of a (pruned) model, for the encoder and for the whole model.
+
+FLOPs count a multiply-add as 2 and are per sequence of T tokens. Per kept layer:
+
+    per head:   2·T·(3·d·dh)  q/k/v projections     + 2·T·dh·d  o-proj
+              + 2·T²·dh  scores (Q·Kᵀ)               + 2·T²·dh  context (P·V)
+    per neuron: 2·T·d·(#ffn_in)  up (and gate)       + 2·T·d    down
+
+Softmax, LayerNorm, activations and biases are left out (O(T·d), under 1% here). The encoder
+count is the sum over kept layers; budgets are fractions of it. The whole-model count adds the
+patch-embedding convolution (ViT, per token) and the linears outside the layers (pooler and
+classifier, counted once per sequence); token-embedding lookups cost no FLOPs. Parameters are
+exact: `whole_params(shape)` equals `sum(p.numel())` over the model's (deduplicated) parameters,
+and embedding parameters are reported separately so a large vocabulary does not hide what pruning
+changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .adapters.base import ArchAdapter
+from .structure import LayerStructure, Structure
+
+__all__ = [
+    "ModelShape", "encoder_flops", "encoder_params", "head_flops", "layer_flops", "layer_params",
+    "neuron_flops", "whole_flops", "whole_params",
+]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Everything cost counting needs about one model, read once from its adapter."""
+
+    num_layers: int
+    heads: tuple[int, ...]  # query heads per layer
+    head_dim: int
+    hidden: int
+    intermediate: tuple[int, ...]  # FFN neurons per layer
+    num_ffn_in: int  # linears producing the FFN activations: 1, or 2 for gated FFNs
+    params_per_head: int  # q/k/v rows (+ biases) and o columns of one head
+    params_per_neuron: int  # ffn_in rows (+ biases) and the ffn_out column of one neuron
+    layer_fixed_params: int  # per layer, independent of heads/neurons (norms, o/ffn_out biases)
+    embedding_params: int  # the backbone's embeddings module
+    head_params: int  # everything else outside the layers: pooler, final norm, classifier
+    embedding_flops_per_token: int = 0  # patch-embedding convolution (ViT)
+    head_flops_per_seq: int = 0  # linears outside the layers, once per sequence
+
+    @classmethod
+    def from_adapter(cls, adapter: ArchAdapter) -> ModelShape:
+        """Read the current shape of `adapter.model` (pruned or not)."""
+        model = adapter.model
+        n = adapter.num_layers
+        h0 = adapter.handles(0)
+        dh, d = adapter.head_dim, adapter.hidden_size
+        per_head = sum(lin.in_features * dh + (dh if lin.bias is not None else 0)
+                       for lin in (h0.q, h0.k, h0.v)) + h0.o.out_features * dh
+        per_neuron = sum(lin.in_features + (1 if lin.bias is not None else 0)
+                         for lin in h0.ffn_in) + h0.ffn_out.out_features
+        heads = tuple(adapter.num_heads(i) for i in range(n))
+        inter = tuple(adapter.intermediate_size(i) for i in range(n))
+        layer0 = _numel(adapter.layers[0])
+        fixed = layer0 - heads[0] * per_head - inter[0] * per_neuron
+        embeddings = getattr(adapter, "embeddings", None)
+        in_layers = {id(p) for p in adapter.layers.parameters()}
+        in_emb = {id(p) for p in embeddings.parameters()} if embeddings is not None else set()
+        total = _numel(model)
+        emb = _numel(embeddings) if embeddings is not None else 0
+        return cls(
+            num_layers=n, heads=heads, head_dim=dh, hidden=d, intermediate=inter,
+            num_ffn_in=len(h0.ffn_in), params_per_head=per_head, params_per_neuron=per_neuron,
+            layer_fixed_params=fixed, embedding_params=emb,
+            head_params=total - emb - _numel(adapter.layers),
+            embedding_flops_per_token=_conv_flops(embeddings),
+            head_flops_per_seq=_outside_linear_flops(model, in_layers | in_emb),
+        )
+
+    def full_structure(self) -> Structure:
+        """The structure that keeps everything this shape has."""
+        return Structure(tuple(LayerStructure(tuple(range(h)), tuple(range(f)))
+                               for h, f in zip(self.heads, self.intermediate, strict=True)))
+
+
+def _numel(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())  # parameters() skips shared duplicates
+
+
+def _conv_flops(embeddings: nn.Module | None) -> int:
+    if embeddings is None:
+        return 0
+    return sum(2 * m.weight.numel() for m in embeddings.modules() if isinstance(m, nn.Conv2d))
+
+
+def _outside_linear_flops(model: nn.Module, skip: set[int]) -> int:
+    return sum(2 * m.weight.numel() for m in model.modules()
+               if isinstance(m, nn.Linear) and id(m.weight) not in skip)
+
+
+# -- per unit ---------------------------------------------------------------------------------
+def head_flops(shape: ModelShape, seq_len: int) -> int:
+    """FLOPs of one attention head at T = seq_len (projections + score/context matmuls)."""
+    t, d, dh = seq_len, shape.hidden, shape.head_dim
+    return 2 * t * (3 * d * dh) + 2 * t * dh * d + 4 * t * t * dh
+
+
+def neuron_flops(shape: ModelShape, seq_len: int) -> int:
+    """FLOPs of one FFN neuron at T = seq_len."""
+    return 2 * seq_len * shape.hidden * (shape.num_ffn_in + 1)
+
+
+def layer_flops(shape: ModelShape, heads: int, neurons: int, seq_len: int) -> int:
+    return heads * head_flops(shape, seq_len) + neurons * neuron_flops(shape, seq_len)
+
+
+def layer_params(shape: ModelShape, heads: int, neurons: int) -> int:
+    return shape.layer_fixed_params + heads * shape.params_per_head + neurons * shape.params_per_neuron
+
+
+# -- whole structures -------------------------------------------------------------------------
+def _kept(shape: ModelShape, structure: Structure | None) -> list[tuple[int, int]]:
+    if structure is None:
+        return list(zip(shape.heads, shape.intermediate, strict=True))
+    if len(structure.layers) != shape.num_layers:
+        raise ValueError(f"structure has {len(structure.layers)} layers, "
+                         f"shape has {shape.num_layers}")
+    return [(len(s.heads), len(s.neurons)) for s in structure.layers if s is not None]
+
+
+def encoder_flops(shape: ModelShape, structure: Structure | None = None, seq_len: int = 128) -> int:
+    """Encoder FLOPs per sequence; `structure=None` means the shape as it is."""
+    return sum(layer_flops(shape, h, f, seq_len) for h, f in _kept(shape, structure))
+
+
+def encoder_params(shape: ModelShape, structure: Structure | None = None) -> int:
+    return sum(layer_params(shape, h, f) for h, f in _kept(shape, structure))
+
+
+def whole_flops(shape: ModelShape, structure: Structure | None = None, seq_len: int = 128) -> int:
+    return (encoder_flops(shape, structure, seq_len)
+            + shape.embedding_flops_per_token * seq_len + shape.head_flops_per_seq)
+
+
+def whole_params(shape: ModelShape, structure: Structure | None = None) -> int:
+    return encoder_params(shape, structure) + shape.embedding_params + shape.head_params

@@ -1,0 +1,113 @@
+"""Evaluate one model on held-out data: task metrics overall and per slice, plus the raw outputs
+that agreement with the full model is computed from (no labels needed for agreement).
+
+Retrieval (embedding, bi-encoder rerank): queries and corpus are embedded, scores = cosine (Q, D).
+Cross-encoder rerank: each query scores its judged documents plus `negatives` others, chosen
+deterministically, and scores outside that candidate set are -inf.
+Classification: logits (N, C).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .data import ClassificationData, RetrievalData
+from .tasks import TaskModel
+
+__all__ = ["Evaluation", "agreement", "encode", "evaluate"]
+
+_RANK_KS = (10,)
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]  # e.g. {"ndcg@10": 0.87, "mrr@10": 0.85, "recall@100": 0.99}
+    slices: dict[str, dict[str, float]]  # {slice: {metric: value}}
+    outputs: np.ndarray = field(repr=False)  # (Q, D) scores or (N, C) logits, for agreement
+    slice_of_row: tuple[str, ...] | None = field(default=None, repr=False)
+
+
+@torch.inference_mode()
+def encode(tm: TaskModel, examples: Sequence, batch_size: int = 64) -> torch.Tensor:
+    """Task outputs for many examples: (N, d) embeddings or (N, C) logits, on the CPU."""
+    out = [tm.outputs(tm.batch(examples[i:i + batch_size])).float().cpu()
+           for i in range(0, len(examples), batch_size)]
+    return torch.cat(out)
+
+
+def _candidates(data: RetrievalData, negatives: int) -> list[list[int]]:
+    col = {d: j for j, d in enumerate(data.doc_ids)}
+    rng = np.random.default_rng(0)
+    out = []
+    for qid in data.query_ids:
+        pos = [col[d] for d in data.qrels[qid]]
+        neg = [j for j in rng.permutation(len(data.doc_ids))[:negatives + len(pos)] if j not in pos]
+        out.append(pos + neg[:negatives])
+    return out
+
+
+def _rank_scores(tm: TaskModel, data: RetrievalData, batch_size: int, negatives: int) -> np.ndarray:
+    if not tm.cross_encoder:
+        q = encode(tm, list(data.queries), batch_size)  # (Q, d)
+        d = encode(tm, list(data.corpus), batch_size)  # (D, d)
+        return (q @ d.T).numpy()  # (Q, D)
+    cands = _candidates(data, negatives)
+    pairs = [(data.queries[i], data.corpus[j]) for i, c in enumerate(cands) for j in c]
+    flat = encode(tm, pairs, batch_size)[:, 0].numpy()  # (sum of candidates,)
+    scores = np.full((len(data.queries), len(data.doc_ids)), -np.inf)
+    k = 0
+    for i, c in enumerate(cands):
+        scores[i, c] = flat[k:k + len(c)]
+        k += len(c)
+    return scores
+
+
+def _retrieval_metrics(scores: np.ndarray, rel: np.ndarray) -> dict[str, float]:
+    out = {}
+    for k in _RANK_KS:
+        out[f"ndcg@{k}"] = M.ndcg_at_k(scores, rel, k)
+        out[f"mrr@{k}"] = M.mrr_at_k(scores, rel, k)
+    out["recall@100"] = M.recall_at_k(scores, rel, 100)
+    return out
+
+
+def _class_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {"accuracy": M.accuracy(logits, labels), "macro_f1": M.macro_f1(logits, labels)}
+
+
+def _by_slice(fn, slices: Sequence[str] | None, *arrays: np.ndarray) -> dict[str, dict[str, float]]:
+    if not slices:
+        return {}
+    keys = np.asarray(slices)
+    return {str(s): fn(*(a[keys == s] for a in arrays)) for s in np.unique(keys)}
+
+
+def evaluate(tm: TaskModel, data: RetrievalData | ClassificationData, *, batch_size: int = 64,
+             negatives: int = 19) -> Evaluation:
+    """Task metrics of `tm` on `data`, overall and per slice."""
+    if isinstance(data, RetrievalData):
+        scores, rel = _rank_scores(tm, data, batch_size, negatives), data.relevance_matrix()
+        return Evaluation(_retrieval_metrics(scores, rel),
+                          _by_slice(_retrieval_metrics, data.query_slices, scores, rel),
+                          scores, data.query_slices)
+    logits = encode(tm, list(data.texts), batch_size).numpy()  # (N, C)
+    labels = np.asarray(data.labels)
+    return Evaluation(_class_metrics(logits, labels),
+                      _by_slice(_class_metrics, data.slices, logits, labels), logits, data.slices)
+
+
+def agreement(pruned: Evaluation, full: Evaluation) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Label-free agreement of pruned with full: top-1 agreement, and for rankings the NDCG@10 of
+    the pruned ranking against the full one. Overall and per slice."""
+    def fn(p: np.ndarray, f: np.ndarray) -> dict[str, float]:
+        out = {"agreement": M.top1_agreement(p, f)}
+        if p.shape[1] > 1 and np.isfinite(f).sum(1).min() > 2 and p.shape[1] >= 10:
+            out["agreement_ndcg@10"] = M.ranking_agreement_ndcg(p, f, 10)
+        return out
+    p, f = pruned.outputs, full.outputs
+    return fn(p, f), _by_slice(fn, full.slice_of_row, p, f)

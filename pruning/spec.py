@@ -1,0 +1,200 @@
+"""The PrunedModel spec as code: one pydantic model read by the job, the operator and the CRD.
+
+The CRD's openAPIV3Schema is generated from `PrunedModelSpec` (see `crd_schema`), so the schema
+the apiserver enforces, the job's parser and the operator's reader never drift apart. Field names
+are camelCase as in every Kubernetes API; Python attributes are snake_case.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from .tasks import Task
+
+__all__ = [
+    "Criterion", "DataSpec", "Gate", "PrunedModelSpec", "SpecError", "load_spec", "parse_spec",
+]
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class SpecError(ValueError):
+    """An invalid PrunedModel spec. The message names the field (e.g. `spec.pruning.budget.target`)."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              frozen=True, use_enum_values=False)
+
+
+class Criterion(StrEnum):
+    magnitude = "magnitude"
+    taylor = "taylor"
+    fisher = "fisher"
+    activation = "activation"
+
+
+class Structure(StrEnum):
+    heads = "heads"
+    neurons = "neurons"
+    layers = "layers"
+
+
+class ModelSpec(_Model):
+    uri: str = Field(min_length=1, description="Model directory: a path, file://, pkg://PACKAGE/DIR, pvc://, s3://")
+    task: Task
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens per input")
+
+
+class DataSource(_Model):
+    """One labelled set. Classification: `uri` (+ fields). Retrieval: `queries`, `corpus`, `qrels`."""
+
+    uri: str | None = Field(None, description="JSONL/Parquet with text (or image) and label")
+    queries: str | None = None
+    corpus: str | None = None
+    qrels: str | None = None
+    split: str | None = Field(None, description="Keep only rows whose `split` field equals this")
+    limit: int | None = Field(None, ge=1, description="Use at most this many rows (queries for retrieval)")
+
+
+class DataSpec(_Model):
+    calibration: DataSource = Field(description="Scores importance and fits the LS rescale")
+    validation: DataSource | None = Field(None, description="Calibrates the cascade threshold")
+    evaluation: DataSource = Field(description="Held-out rows the gates are judged on")
+    text_field: str = "text"
+    label_field: str = "label"
+    slice_field: str | None = Field("slice", description="Field naming the content type, for per-slice gates")
+    labels: Literal["labels", "self"] = Field(
+        "self", description="Importance target: true labels, or the full model's own outputs (label-free)")
+
+
+class Budget(_Model):
+    kind: Literal["flops", "params", "latency"] = "flops"
+    target: float = Field(0.5, gt=0.0, lt=1.0, description=(
+        "flops/params: fraction of encoder FLOPs/params to remove. latency: wanted pruned/full p50 ratio"))
+    seq_len: int = Field(128, ge=1, le=8192)
+    batch: int = Field(32, ge=1, le=4096)
+
+
+class Search(_Model):
+    mode: Literal["fixed", "maxSparsity"] = "fixed"
+    low: Fraction = Field(0.1, description="maxSparsity: least aggressive budget tried")
+    high: Fraction = Field(0.8, description="maxSparsity: most aggressive budget tried")
+    steps: int = Field(5, ge=1, le=20, description="maxSparsity: bisection steps")
+
+
+class PruningSpec(_Model):
+    criterion: Criterion = Criterion.fisher
+    structures: list[Structure] = Field(default_factory=lambda: [Structure.heads, Structure.neurons], min_length=1)
+    budget: Budget = Field(default_factory=Budget)
+    multiple: int = Field(8, ge=1, le=256, description="Kept neurons per layer rounded to this")
+    search: Search = Field(default_factory=Search)
+    calibration_samples: int = Field(512, ge=8, le=100_000)
+
+
+class RecoverySpec(_Model):
+    rescale: bool = Field(True, description="Retraining-free least-squares rescale (Kwon et al. 2022)")
+    distill_steps: int = Field(0, ge=0, le=100_000)
+    rounds: int = Field(1, ge=1, le=10, description="prune -> recover rounds toward the target")
+
+
+class QuantizationSpec(_Model):
+    mode: Literal["none", "int8-dynamic"] = "none"
+
+
+_METRIC = r"^(accuracy|macro_f1|precision|recall|ndcg@\d+|mrr@\d+|recall@\d+|spearman|agreement|agreement_ndcg@\d+)$"
+
+
+class Gate(_Model):
+    """One quality gate. Give `min` (absolute floor) or `relative` (>= relative x full), or both."""
+
+    metric: str = Field(pattern=_METRIC, description="e.g. ndcg@10, accuracy, agreement")
+    min: float | None = Field(None, description="Absolute floor")
+    relative: float | None = Field(None, gt=0.0, le=1.5, description="Floor as a fraction of the full model")
+    slice: str | None = Field(None, description="Judge only this slice (content type)")
+    positive_class: str | None = Field(None, description="precision/recall: the class")
+
+    @model_validator(mode="after")
+    def _one_floor(self) -> Gate:
+        if self.min is None and self.relative is None:
+            raise ValueError("a gate needs `min` or `relative`")
+        return self
+
+
+class GatesSpec(_Model):
+    quality: list[Gate] = Field(default_factory=list)
+    max_latency_ratio: float | None = Field(None, gt=0.0, le=2.0, description="pruned p50 / full p50 must be <= this")
+    max_size_ratio: float | None = Field(None, gt=0.0, le=2.0, description="pruned bytes / full bytes must be <= this")
+
+
+class TierSpec(_Model):
+    replicas: int = Field(1, ge=0, le=1000)
+    max_replicas: int | None = Field(None, ge=1, le=1000)
+    cpus: float = Field(1.0, ge=0.0, le=512)
+    gpus: float = Field(0.0, ge=0.0, le=16)
+    max_batch_size: int = Field(16, ge=1, le=1024)
+
+
+class ServingSpec(_Model):
+    policy: Literal["split", "cascade"] = "cascade"
+    pruned_weight: Fraction = Field(0.8, description="split: share of traffic to pruned")
+    target_agreement: Fraction = Field(0.99, description="cascade: calibrated agreement with full")
+    shadow_fraction: Fraction = 0.0
+    full: TierSpec = Field(default_factory=TierSpec)
+    pruned: TierSpec = Field(default_factory=TierSpec)
+
+
+class CostSpec(_Model):
+    usd_per_replica_hour_full: float = Field(0.0, ge=0.0)
+    usd_per_replica_hour_pruned: float = Field(0.0, ge=0.0)
+    usd_per_request_full: float = Field(0.0, ge=0.0)
+    usd_per_request_pruned: float = Field(0.0, ge=0.0)
+
+
+class PrunedModelSpec(_Model):
+    model: ModelSpec
+    data: DataSpec
+    pruning: PruningSpec = Field(default_factory=PruningSpec)
+    recovery: RecoverySpec = Field(default_factory=RecoverySpec)
+    quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
+    gates: GatesSpec = Field(default_factory=GatesSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    cost: CostSpec = Field(default_factory=CostSpec)
+
+
+def _field_path(loc: tuple) -> str:
+    return "spec." + ".".join(str(p) for p in loc) if loc else "spec"
+
+
+def parse_spec(doc: dict[str, Any]) -> PrunedModelSpec:
+    """Accept a bare spec or a whole PrunedModel manifest; raise SpecError naming the bad field."""
+    if "kind" in doc:
+        if doc.get("kind") != "PrunedModel":
+            raise SpecError(f"kind: expected PrunedModel, got {doc.get('kind')!r}")
+        doc = doc.get("spec") or {}
+    try:
+        return PrunedModelSpec.model_validate(doc)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise SpecError(f"{_field_path(first['loc'])}: {first['msg']}") from None
+
+
+def load_spec(path: str | Path) -> tuple[PrunedModelSpec, str]:
+    """Read YAML/JSON from `path`. Returns (spec, name); relative data URIs stay relative to the file."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise SpecError(f"{path}: cannot read spec: {err}") from None
+    if not isinstance(doc, dict):
+        raise SpecError(f"{path}: expected a mapping, got {type(doc).__name__}")
+    name = (doc.get("metadata") or {}).get("name") or re.sub(r"\W+", "-", path.stem)
+    return parse_spec(doc), name
