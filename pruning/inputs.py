@@ -1,0 +1,105 @@
+"""Resolve a spec's model and data URIs into loaded inputs, with the hashes that key the artifact."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .artifact import sha256_file, weights_sha256
+from .data import ClassificationData, DataError, RetrievalData, load_classification, load_retrieval
+from .spec import DataSource, PrunedModelSpec
+from .storage import resolve, scheme_of
+from .tasks import Task
+
+__all__ = ["Dataset", "JobInputs", "load_inputs"]
+
+Dataset = RetrievalData | ClassificationData
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    model_path: Path
+    calibration: Dataset
+    validation: Dataset | None  # calibrates search and cascade; None -> evaluation is used
+    evaluation: Dataset
+    hashes: dict  # {"model": {file: sha256}, "data": {uri: sha256}}
+
+
+def _local(uri: str, base: Path) -> Path:
+    """Relative plain paths are relative to the spec file's directory."""
+    if scheme_of(uri) in ("", "file") and not Path(uri.removeprefix("file://")).is_absolute():
+        return (base / uri.removeprefix("file://")).resolve()
+    return resolve(uri)
+
+
+def _retrieval(src: DataSource, base: Path, where: str) -> tuple[RetrievalData, list[Path]]:
+    missing = [f for f in ("queries", "corpus", "qrels") if getattr(src, f) is None]
+    if missing:
+        raise DataError(f"spec.data.{where}: a retrieval task needs queries, corpus and qrels; "
+                        f"missing {', '.join(missing)}")
+    paths = [_local(getattr(src, f), base) for f in ("queries", "corpus", "qrels")]
+    data = load_retrieval(*paths, split=src.split)
+    if src.limit is not None and src.limit < len(data.query_ids):
+        data = _head_queries(data, src.limit)
+    return data, paths
+
+
+def _head_queries(data: RetrievalData, n: int) -> RetrievalData:
+    """The first n queries; the corpus stays whole, so ranking difficulty is unchanged."""
+    from dataclasses import replace
+
+    ids = data.query_ids[:n]
+    return replace(data, query_ids=ids, queries=data.queries[:n],
+                   qrels={q: data.qrels[q] for q in ids},
+                   query_slices=data.query_slices[:n] if data.query_slices else None)
+
+
+def _classification(src: DataSource, spec: PrunedModelSpec, base: Path, where: str,
+                    label_names: tuple[str, ...] | None) -> tuple[ClassificationData, list[Path]]:
+    if src.uri is None:
+        raise DataError(f"spec.data.{where}.uri: a classification task needs a data file")
+    path = _local(src.uri, base)
+    d = spec.data
+    data = load_classification(path, d.text_field, d.label_field, d.slice_field, src.split,
+                               label_names=label_names)
+    if src.limit is not None and src.limit < len(data.texts):
+        from dataclasses import replace
+
+        n = src.limit
+        data = replace(data, texts=data.texts[:n], labels=data.labels[:n],
+                       slices=data.slices[:n] if data.slices else None,
+                       ids=data.ids[:n] if data.ids else None)
+    return data, [path]
+
+
+def _label_names(model_path: Path) -> tuple[str, ...] | None:
+    import json
+
+    cfg = json.loads((model_path / "config.json").read_text())
+    names = cfg.get("id2label") or {}
+    labels = tuple(names[k] for k in sorted(names, key=int))
+    return None if not labels or all(n.startswith("LABEL_") for n in labels) else labels
+
+
+def load_inputs(spec: PrunedModelSpec, base_dir: Path) -> JobInputs:
+    model_path = _local(spec.model.uri, base_dir)
+    if not (model_path / "config.json").is_file():
+        raise DataError(f"spec.model.uri: {spec.model.uri} ({model_path}) has no config.json")
+    task = spec.model.task
+    names = _label_names(model_path) if task is not Task.embedding else None
+    loaded: dict[str, Dataset | None] = {}
+    files: list[Path] = []
+    for where in ("calibration", "validation", "evaluation"):
+        src = getattr(spec.data, where)
+        if src is None:
+            loaded[where] = None
+            continue
+        if task in (Task.embedding, Task.rerank):
+            data, paths = _retrieval(src, base_dir, where)
+        else:
+            data, paths = _classification(src, spec, base_dir, where, names)
+        loaded[where], files = data, files + paths
+    hashes = {"model": weights_sha256(model_path),
+              "data": {str(p): sha256_file(p) for p in sorted(set(files))}}
+    return JobInputs(model_path, loaded["calibration"], loaded["validation"],  # type: ignore[arg-type]
+                     loaded["evaluation"], hashes)  # type: ignore[arg-type]

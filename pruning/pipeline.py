@@ -1,0 +1,122 @@
+"""The job's steps, in order: load full -> score -> prune (or search) -> recover -> judge -> save."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from . import importance
+from .adapters import adapter_for
+from .artifact import save_pruned
+from .data import RetrievalData
+from .engine import PruneConfig, prune
+from .inputs import Dataset, JobInputs
+from .quality import judge
+from .search import search_max_sparsity
+from .spec import PrunedModelSpec, SpecError
+from .structure import Budget
+from .tasks import TaskModel, load_task_model
+
+__all__ = ["calibration_examples", "prune_config", "run_pipeline"]
+
+
+def prune_config(spec: PrunedModelSpec) -> PruneConfig:
+    p, r = spec.pruning, spec.recovery
+    budget = Budget(kind=p.budget.kind, target=p.budget.target, seq_len=p.budget.seq_len,
+                    batch=p.budget.batch, multiple=p.multiple,
+                    structures=tuple(s.value for s in p.structures))
+    return PruneConfig(criterion=p.criterion.value, budget=budget, target=spec.data.labels,
+                       rescale=r.rescale, distill_steps=r.distill_steps, rounds=r.rounds)
+
+
+def calibration_examples(data: Dataset, n: int) -> tuple[list, list | None]:
+    """Up to n examples (and labels for classification). Retrieval: half queries, half documents."""
+    if isinstance(data, RetrievalData):
+        half = max(1, n // 2)
+        return list(data.queries[:half]) + list(data.corpus[:n - min(half, len(data.queries))]), None
+    return list(data.texts[:n]), list(data.labels[:n])
+
+
+def _search(spec, full, examples, labels, config, inputs, tick):
+    if config.budget.kind == "latency":
+        raise SpecError("spec.pruning.search.mode: maxSparsity searches a flops or params budget, "
+                        "not latency (set spec.gates.maxLatencyRatio instead)")
+    batches = full.batches(examples, config.batch_size)
+    adapter = adapter_for(full.model)
+    scores = importance.score(config.criterion, full, adapter, batches, target=config.target,
+                              labels=labels if config.target == "labels" else None)
+    if "layers" in config.budget.structures:
+        scores = replace(scores, layers=importance.layer_scores(full, adapter, batches))
+    data = inputs.validation or inputs.evaluation
+    return search_max_sparsity(spec, full, scores, batches, config, data, tick)
+
+
+def _versions() -> dict:
+    import transformers
+
+    import tierserve
+
+    return {"tierserve": tierserve.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "torch_threads": torch.get_num_threads()}
+
+
+def _load_full(spec: PrunedModelSpec, path: Path) -> TaskModel:
+    m = spec.model
+    return load_task_model(path, m.task, trust_remote_code=m.trust_remote_code,
+                           max_length=m.max_length)
+
+
+def run_pipeline(spec: PrunedModelSpec, inputs: JobInputs, art: Path, tick) -> dict:
+    t0 = time.perf_counter()
+    full = _load_full(spec, inputs.model_path)
+    config = prune_config(spec)
+    if config.target == "labels" and isinstance(inputs.calibration, RetrievalData):
+        raise SpecError("spec.data.labels: retrieval calibration is label-free; use 'self'")
+    examples, labels = calibration_examples(inputs.calibration, spec.pruning.calibration_samples)
+    tick("prune", 0.1)
+    trace: list[dict] = []
+    if spec.pruning.search.mode == "maxSparsity":
+        result, trace = _search(spec, full, examples, labels, config, inputs, tick)
+    else:
+        result = prune(full, examples, config, labels=labels if config.target == "labels" else None,
+                       progress=lambda s, f: tick(s, 0.1 + 0.5 * f))
+    if result is None:
+        return _no_result(spec, trace, t0)
+    tick("evaluate", 0.65)
+    j = judge(spec, full, result.model, inputs.evaluation)
+    tick("save", 0.9)
+    quant = None if spec.quantization.mode == "none" else spec.quantization.mode
+    save_pruned(result.model, art / "model", structure=result.structure, source=spec.model.uri,
+                criterion=config.criterion, budget=result.config.budget, report=result.report,
+                quantization=quant)
+    kept = {k: (v / j.measured.full[k] if j.measured.full.get(k) else None)
+            for k, v in j.measured.pruned.items() if k in j.full_eval.metrics}
+    return {
+        "apiVersion": "tierserve.io/v1alpha1", "kind": "PruningReport",
+        "task": spec.model.task.value, "deployable": j.passed,
+        "status": "passed" if j.passed else "gates_failed",
+        "spec": spec.model_dump(mode="json", by_alias=True),
+        "budget": {"requested": spec.pruning.budget.model_dump(by_alias=True),
+                   "achieved_target": result.config.budget.target,
+                   "encoder_flops_removed": result.report["plan"]["encoder"]["flops_removed_fraction"],
+                   "encoder_params_removed": result.report["plan"]["encoder"]["params_removed_fraction"]},
+        "plan": result.report["plan"], "prune": {k: v for k, v in result.report.items() if k != "plan"},
+        "metrics": {"full": j.measured.full, "pruned": j.measured.pruned, "quality_kept": kept},
+        "slices": {"full": j.measured.full_slices, "pruned": j.measured.pruned_slices},
+        "latency": j.latency, "size": j.size, "gates": [g.to_dict() for g in j.gates],
+        "search": trace, "versions": _versions(),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _no_result(spec: PrunedModelSpec, trace: list[dict], t0: float) -> dict:
+    return {"apiVersion": "tierserve.io/v1alpha1", "kind": "PruningReport",
+            "task": spec.model.task.value, "deployable": False, "status": "gates_failed",
+            "spec": spec.model_dump(mode="json", by_alias=True), "gates": [], "search": trace,
+            "message": "no budget in [search.low, search.high] passes every gate",
+            "versions": _versions(), "seconds": time.perf_counter() - t0}

@@ -1,0 +1,63 @@
+"""`tierserve` command line: prune a PrunedModel spec locally, and read reports."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tierserve.pruning.job import EXIT_ERROR, run_job
+    from tierserve.pruning.report import summary_table
+    from tierserve.pruning.spec import SpecError, load_spec
+
+    try:
+        spec, name = load_spec(args.spec)
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    out = args.out or f"runs/{name}"
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("pruning", total=1.0)
+        try:
+            report, code = run_job(spec, out, name=name, base_dir=Path(args.spec).resolve().parent,
+                                   progress=lambda s, f: bar.update(task, description=s, completed=f),
+                                   reuse=not args.no_reuse)
+        except (SpecError, ValueError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_ERROR
+    print(summary_table(report))
+    print(f"report: {Path(out) / 'report.json'}   artifact: {report.get('artifact', {}).get('path')}")
+    return code
+
+
+def _report(args: argparse.Namespace) -> int:
+    from tierserve.pruning.report import load_report, summary_table
+
+    print(summary_table(load_report(args.uri)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tierserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prune", help="run the pruning job locally and print the gate table")
+    p.add_argument("spec", help="PrunedModel manifest (the same YAML works with kubectl) or bare spec")
+    p.add_argument("--out", help="output directory (default runs/<name>)")
+    p.add_argument("--no-reuse", action="store_true", help="re-run even if a finished result exists")
+    p.set_defaults(fn=_prune)
+    r = sub.add_parser("report", help="print the summary of a report.json (file or directory)")
+    r.add_argument("uri")
+    r.set_defaults(fn=_report)
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
