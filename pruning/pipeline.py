@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import platform
 import time
 from dataclasses import replace
@@ -15,7 +16,7 @@ from .artifact import save_pruned
 from .data import RetrievalData
 from .engine import PruneConfig, prune
 from .inputs import Dataset, JobInputs
-from .quality import judge
+from .quality import judge, latency_pair
 from .search import search_max_sparsity
 from .spec import PrunedModelSpec, SpecError
 from .structure import Budget
@@ -88,9 +89,10 @@ def run_pipeline(spec: PrunedModelSpec, inputs: JobInputs, art: Path, tick) -> d
     if result is None:
         return _no_result(spec, trace, t0)
     tick("evaluate", 0.65)
-    j = judge(spec, full, result.model, inputs.evaluation)
-    tick("save", 0.9)
     quant = None if spec.quantization.mode == "none" else spec.quantization.mode
+    deployed, quant_report = _quantized(spec, result.model, quant)
+    j = judge(spec, full, deployed, inputs.evaluation)  # gates judge what will be served
+    tick("save", 0.9)
     save_pruned(result.model, art / "model", structure=result.structure, source=spec.model.uri,
                 criterion=config.criterion, budget=result.config.budget, report=result.report,
                 quantization=quant)
@@ -108,10 +110,26 @@ def run_pipeline(spec: PrunedModelSpec, inputs: JobInputs, art: Path, tick) -> d
         "plan": result.report["plan"], "prune": {k: v for k, v in result.report.items() if k != "plan"},
         "metrics": {"full": j.measured.full, "pruned": j.measured.pruned, "quality_kept": kept},
         "slices": {"full": j.measured.full_slices, "pruned": j.measured.pruned_slices},
-        "latency": j.latency, "size": j.size, "gates": [g.to_dict() for g in j.gates],
+        "latency": j.latency, "size": j.size, "quantization": quant_report, "gates": [g.to_dict() for g in j.gates],
         "search": trace, "versions": _versions(),
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _quantized(spec: PrunedModelSpec, pruned: TaskModel, mode: str | None
+               ) -> tuple[TaskModel, dict | None]:
+    """The model to judge and serve; with INT8 its own effect on size and latency is reported."""
+    if mode is None:
+        return pruned, None
+    from .quantize import quantize, state_size_bytes
+
+    q = replace(pruned, model=quantize(copy.deepcopy(pruned.model), mode))
+    b = spec.pruning.budget
+    lat = latency_pair(pruned, q, b.batch, b.seq_len)
+    fp, qb = state_size_bytes(pruned.model), state_size_bytes(q.model)
+    return q, {"mode": mode, "pruned_fp32_bytes": fp, "pruned_int8_bytes": qb,
+               "size_ratio": qb / fp, "pruned_fp32_p50_s": lat["full_p50_s"],
+               "pruned_int8_p50_s": lat["pruned_p50_s"], "latency_ratio": lat["ratio"]}
 
 
 def _no_result(spec: PrunedModelSpec, trace: list[dict], t0: float) -> dict:

@@ -85,9 +85,14 @@ class TaskModel:
 def load_task_model(path: str | Path, task: Task | str, *, trust_remote_code: bool = False,
                     max_length: int = 128, dtype: torch.dtype = torch.float32) -> TaskModel:
     """Load a local HF model directory for `task`. Never reaches the hub; remote code stays off."""
-    from transformers import (AutoConfig, AutoImageProcessor, AutoModel,
-                              AutoModelForImageClassification,
-                              AutoModelForSequenceClassification, AutoTokenizer)
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoModel,
+        AutoModelForImageClassification,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     task = Task(task)
     path = str(path)

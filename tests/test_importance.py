@@ -120,7 +120,8 @@ def test_deterministic_for_fixed_input(emb, calib, self_scores):
 def _agreement(tm: TaskModel, batches, ref, **masks) -> float:
     """Mean cosine between masked and full embeddings (both unit norm)."""
     with torch.no_grad(), unit_masks(adapter_for(tm.model), **masks):
-        return float(torch.cat([(tm.outputs(b) * r).sum(-1) for b, r in zip(batches, ref)]).mean())
+        cos = [(tm.outputs(b) * r).sum(-1) for b, r in zip(batches, ref, strict=True)]  # (B,)
+    return float(torch.cat(cos).mean())
 
 
 def _drop(scores: torch.Tensor, frac: float, lowest: bool) -> torch.Tensor:

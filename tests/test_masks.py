@@ -106,19 +106,19 @@ def test_per_example_masks_and_gradients(tm, batch):
 
 def test_hooks_removed_on_exception(tm, batch):
     ref = _hidden(tm, batch)
-    with pytest.raises(RuntimeError, match="boom"):
-        with unit_masks(adapter_for(tm.model), head_mask=torch.zeros(L, H)):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), unit_masks(adapter_for(tm.model),
+                                                               head_mask=torch.zeros(L, H)):
+        raise RuntimeError("boom")
     assert _hook_count(tm) == 0
     assert torch.equal(_hidden(tm, batch), ref)
 
 
 def test_bad_mask_shape_is_one_clear_error(tm):
     ad = adapter_for(tm.model)
-    with pytest.raises(ValueError, match=r"neuron_mask\[0\]: last dim 100"):
-        with unit_masks(ad, neuron_mask=torch.ones(L, 100)):
-            pass
-    with pytest.raises(ValueError, match="head_mask: 5 layers"):
-        with unit_masks(ad, head_mask=torch.ones(5, H)):
-            pass
+    with pytest.raises(ValueError, match=r"neuron_mask\[0\]: last dim 100"), \
+            unit_masks(ad, neuron_mask=torch.ones(L, 100)):
+        pass
+    with pytest.raises(ValueError, match="head_mask: 5 layers"), \
+            unit_masks(ad, head_mask=torch.ones(5, H)):
+        pass
     assert _hook_count(tm) == 0

@@ -21,8 +21,12 @@ from torch import nn
 
 from tierserve.pruning.adapters.base import ArchAdapter
 from tierserve.pruning.importance.block_influence import BlockInfluence
-from tierserve.pruning.importance.common import (check_batches, grad_only, stack_layers,
-                                                 token_weights)
+from tierserve.pruning.importance.common import (
+    check_batches,
+    grad_only,
+    stack_layers,
+    token_weights,
+)
 from tierserve.pruning.importance.targets import Targets
 from tierserve.pruning.structure import Scores
 from tierserve.pruning.tasks import TaskModel
