@@ -202,20 +202,22 @@ def _tap(lin_norm: tuple) -> tuple[nn.Module, str]:
 class _FullTargets:
     """The full model's pre-norm sums z per (sublayer s, batch k), as (N, d) over real tokens.
 
-    Cached from one forward per batch when all of them fit in `cache_bytes`; otherwise each is
+    Cached from one forward per batch while all of them fit in `cache_bytes`; otherwise each is
     recomputed by a forward that stops at its sublayer (bounded memory, more compute).
     """
 
     def __init__(self, full: TaskModel, taps: list[tuple], batches: Sequence[Batch],
                  cache_bytes: int) -> None:
         self.full, self.taps, self.batches = full, taps, batches
-        tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b
-                     else int(next(iter(b.values())).shape[0]) * 4096 for b in batches)
-        size = tokens * taps[0][0].out_features * len(taps) * 4
-        self.cache = None
-        if size <= cache_bytes:
-            self.cache = [[_tokens(b, z) for z in _capture(full, b, [_tap(t) for t in taps])]
-                          for b in batches]
+        self.cache: list[list[torch.Tensor]] | None = []
+        size = 0
+        for b in batches:  # give up (and free) the cache as soon as it outgrows the budget
+            zs = [_tokens(b, z) for z in _capture(full, b, [_tap(t) for t in taps])]
+            size += sum(z.numel() * z.element_size() for z in zs)
+            if size > cache_bytes:
+                self.cache = None
+                break
+            self.cache.append(zs)
 
     def get(self, s: int, k: int) -> torch.Tensor:
         if self.cache is not None:

@@ -65,3 +65,43 @@ def test_latency_budget_is_converted_on_this_hardware(minilm, texts):
     # every bisection point at least as aggressive as the chosen one measured as fast enough
     assert all(p["flops_removed"] >= lat["flops_target"] or p["latency_ratio"] > 0.6
                for p in lat["trace"])
+
+
+def _classifier(minilm_path, num_labels, task):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tierserve.pruning.tasks import TaskModel
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=num_labels)
+    return TaskModel(task=task, model=model.eval(), processor=AutoTokenizer.from_pretrained(minilm_path),
+                     cross_encoder=task.value == "rerank")
+
+
+@pytest.mark.parametrize("target", ["labels", "self"])
+def test_sequence_classifier_prunes_with_or_without_labels(minilm_path, polarity, tmp_path, target):
+    from tierserve.pruning.artifact import load_pruned, save_pruned
+    from tierserve.pruning.tasks import Task
+
+    tm = _classifier(minilm_path, 2, Task.sequence_classification)
+    texts, labels = [t for t, _ in polarity[:32]], [y for _, y in polarity[:32]]
+    result = prune(tm, texts, PruneConfig(criterion="fisher", target=target, batch_size=16,
+                                          budget=Budget(target=0.5)), labels=labels)
+    assert abs(result.report["plan"]["encoder"]["flops_removed_fraction"] - 0.5) <= 0.01
+    save_pruned(result.model, tmp_path, structure=result.structure, source=str(minilm_path),
+                criterion="fisher", budget=result.config.budget)
+    again = load_pruned(tmp_path, Task.sequence_classification)
+    held_out = [t for t, _ in polarity[32:48]]
+    assert torch.equal(encode(result.model, held_out), encode(again, held_out))
+
+
+def test_cross_encoder_reranker_prunes_label_free(minilm_path, debian_retrieval):
+    from tierserve.pruning.tasks import Task
+
+    tm = _classifier(minilm_path, 1, Task.rerank)
+    cal = debian_retrieval["calibration"]
+    pairs = [(q, d) for q, d in zip(cal.queries[:16], cal.corpus[:16], strict=True)]
+    result = prune(tm, pairs, PruneConfig(criterion="taylor", batch_size=8, budget=Budget(target=0.3)))
+    scores = encode(result.model, pairs)
+    assert scores.shape == (16, 1) and bool(torch.isfinite(scores).all())
+    assert abs(result.report["plan"]["encoder"]["flops_removed_fraction"] - 0.3) <= 0.01

@@ -18,15 +18,28 @@ GRADIENT = ("fisher", "taylor")
 
 @pytest.fixture(scope="module")
 def emb(minilm_path) -> TaskModel:
-    torch.set_num_threads(2)
     return load_task_model(minilm_path, "embedding", max_length=64)
 
 
 @pytest.fixture(scope="module")
-def clf(minilm_path) -> TaskModel:
-    """MiniLM with a freshly initialised 2-way head (seeded): a real encoder, a real loss."""
+def clf(minilm_path, polarity) -> TaskModel:
+    """MiniLM with a 2-way head fitted (encoder frozen) on 140 snippets not used for scoring."""
     torch.manual_seed(0)
-    return load_task_model(minilm_path, "sequence-classification", max_length=64)
+    tm = load_task_model(minilm_path, "sequence-classification", max_length=64)
+    train = polarity[20:90] + polarity[120:190]  # scoring uses snippets 0-7 and 100-107
+    batch = tm.batch([t for t, _ in train])
+    with torch.no_grad():
+        pooled = tm.model.bert(**batch).pooler_output  # (N, d)
+    y = torch.tensor([label for _, label in train])
+    head = tm.model.classifier
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-2)
+    for _ in range(200):
+        loss = torch.nn.functional.cross_entropy(head(pooled), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    head.zero_grad(set_to_none=True)
+    return tm
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ L, H, DH, FF = 6, 12, 32, 1536
 
 @pytest.fixture(scope="module")
 def tm(minilm_path) -> TaskModel:
-    torch.set_num_threads(2)
     return load_task_model(minilm_path, "embedding", max_length=64)
 
 

@@ -52,10 +52,9 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup(minilm_path, lee_corpus, polarity) -> Setup:
     """Keep the top half of heads and neurons in every layer (activation scores), via surgery."""
-    torch.set_num_threads(2)
     full = _load(minilm_path)
     texts = [t for t, _ in polarity]
-    calib = full.batches(lee_corpus[:24], 8) + full.batches(texts[0:96:2], 24)
+    calib = full.batches(lee_corpus[:16], 8) + full.batches(texts[0:64:2], 32)
     held = full.batches(lee_corpus[25:49], 8) + full.batches(texts[1:97:2], 24)
     with torch.no_grad():
         ref = [full.outputs(b) for b in held]
@@ -122,17 +121,24 @@ def test_ls_rescale_is_reentrant(setup, rescaled):
 
 @pytest.mark.slow
 def test_ls_rescale_with_a_removed_layer(minilm_path, setup):
-    """Pruned layer j maps to original layer kept_layers[j]; removing layer 2 shifts the rest."""
+    """Pruned layer j maps to original layer kept_layers[j]; removing layer 2 shifts the rest.
+    Without room to cache the full model's targets (cache_bytes=0) the result is the same."""
     layers = list(setup.structure.layers)
     layers[2] = None
     structure = Structure(tuple(layers))
-    pruned = _load(minilm_path)
-    apply_structure(adapter_for(pruned.model), structure)
+    pruned, uncached = _load(minilm_path), _load(minilm_path)
+    for tm in (pruned, uncached):
+        apply_structure(adapter_for(tm.model), structure)
     before = _agreement(pruned, setup.held, setup.ref)
     r = ls_rescale(pruned, setup.full, structure, setup.calib)
     assert [row["layer"] for row in r.errors["layers"]] == [0, 1, 3, 4, 5]
     assert torch.all(r.head_scale[2] == 0) and torch.all(r.neuron_scale[2] == 0)
-    assert _agreement(pruned, setup.held, setup.ref) > before + 0.02
+    after = _agreement(pruned, setup.held, setup.ref)
+    print(f"held-out agreement, layer 2 removed too: {before:.4f} -> {after:.4f}")
+    assert after > before + 0.02
+    r0 = ls_rescale(uncached, setup.full, structure, setup.calib, cache_bytes=0)
+    assert torch.allclose(r0.head_scale, r.head_scale, atol=1e-4)
+    assert torch.allclose(r0.neuron_scale, r.neuron_scale, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -146,7 +152,9 @@ def test_distill_embeddings(setup, rescaled):
     first, second = out["loss"][:n], out["loss"][n:]
     assert out["objective"] == "cosine" and len(out["loss"]) == 2 * n
     assert all(b < a for a, b in zip(first, second, strict=True))  # same batch, one epoch later
-    assert _agreement(pruned, setup.held, setup.ref) > after + 0.01
+    distilled = _agreement(pruned, setup.held, setup.ref)
+    print(f"held-out agreement after {2 * n} distillation steps: {after:.4f} -> {distilled:.4f}")
+    assert distilled > after + 0.01
     assert [p.requires_grad for p in pruned.model.parameters()] == flags
     assert all(p.grad is None for p in pruned.model.parameters())
 
