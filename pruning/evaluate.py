@@ -76,8 +76,15 @@ def _retrieval_metrics(scores: np.ndarray, rel: np.ndarray) -> dict[str, float]:
     return out
 
 
-def _class_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    return {"accuracy": M.accuracy(logits, labels), "macro_f1": M.macro_f1(logits, labels)}
+def _class_metrics(logits: np.ndarray, labels: np.ndarray,
+                   names: Sequence[str] = ()) -> dict[str, float]:
+    """accuracy, macro_f1, and `precision:<class>` / `recall:<class>` for every class name."""
+    out = {"accuracy": M.accuracy(logits, labels),
+           "macro_f1": M.macro_f1(logits, labels, classes=list(range(len(names))) or None)}
+    for i, name in enumerate(names):
+        out[f"precision:{name}"] = M.precision(logits, labels, i)
+        out[f"recall:{name}"] = M.recall(logits, labels, i)
+    return out
 
 
 def _by_slice(fn, slices: Sequence[str] | None, *arrays: np.ndarray) -> dict[str, dict[str, float]]:
@@ -97,8 +104,11 @@ def evaluate(tm: TaskModel, data: RetrievalData | ClassificationData, *, batch_s
                           scores, data.query_slices)
     logits = encode(tm, list(data.texts), batch_size).numpy()  # (N, C)
     labels = np.asarray(data.labels)
-    return Evaluation(_class_metrics(logits, labels),
-                      _by_slice(_class_metrics, data.slices, logits, labels), logits, data.slices)
+
+    def metrics(lo: np.ndarray, la: np.ndarray) -> dict[str, float]:
+        return _class_metrics(lo, la, data.label_names)
+    return Evaluation(metrics(logits, labels), _by_slice(metrics, data.slices, logits, labels),
+                      logits, data.slices)
 
 
 def agreement(pruned: Evaluation, full: Evaluation) -> tuple[dict[str, float], dict[str, dict[str, float]]]:

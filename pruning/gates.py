@@ -61,14 +61,15 @@ def check_gates(spec: GatesSpec, m: Measured) -> list[GateResult]:
     out: list[GateResult] = []
     for gate in spec.quality:
         where = f" [slice={gate.slice}]" if gate.slice else ""
-        value = _lookup(m.pruned, m.pruned_slices, gate.metric, gate.slice)
+        metric = f"{gate.metric}:{gate.positive_class}" if gate.positive_class else gate.metric
+        value = _lookup(m.pruned, m.pruned_slices, metric, gate.slice)
         if gate.min is not None:
-            out.append(_floor(f"{gate.metric} >= {gate.min}{where}", gate.metric, gate.slice,
+            out.append(_floor(f"{metric} >= {gate.min}{where}", metric, gate.slice,
                               value, gate.min, "absolute floor"))
         if gate.relative is not None:
-            full = _lookup(m.full, m.full_slices, gate.metric, gate.slice)
+            full = _lookup(m.full, m.full_slices, metric, gate.slice)
             threshold = gate.relative * full if full is not None else float("inf")
-            out.append(_floor(f"{gate.metric} >= {gate.relative} x full{where}", gate.metric,
+            out.append(_floor(f"{metric} >= {gate.relative} x full{where}", metric,
                               gate.slice, value, threshold,
                               f"full model: {full:.4f}" if full is not None else "full model: n/a"))
     for metric, limit, value in (("latency_ratio", spec.max_latency_ratio, m.latency_ratio),

@@ -126,6 +126,8 @@ class Gate(_Model):
     def _one_floor(self) -> Gate:
         if self.min is None and self.relative is None:
             raise ValueError("a gate needs `min` or `relative`")
+        if (self.metric in ("precision", "recall")) != (self.positive_class is not None):
+            raise ValueError("`positiveClass` is required for precision/recall gates, and only for them")
         return self
 
 

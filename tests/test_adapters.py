@@ -6,13 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 from test_surgery import masked_reference, uneven_structure
-from tierserve.pruning.adapters import (
-    UnsupportedArchitectureError,
-    adapter_for,
-    supported_model_types,
-)
-from tierserve.pruning.cost import ModelShape, whole_params
-from tierserve.pruning.surgery import apply_structure
 from transformers import (
     AutoModel,
     AutoModelForSequenceClassification,
@@ -31,6 +24,14 @@ from transformers import (
     XLMRobertaConfig,
     XLMRobertaForSequenceClassification,
 )
+
+from tierserve.pruning.adapters import (
+    UnsupportedArchitectureError,
+    adapter_for,
+    supported_model_types,
+)
+from tierserve.pruning.cost import ModelShape, whole_params
+from tierserve.pruning.surgery import apply_structure
 
 TEXT = dict(vocab_size=120, hidden_size=48, num_hidden_layers=4, num_attention_heads=6,
             intermediate_size=40, max_position_embeddings=64, num_labels=3)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from test_surgery import uneven_structure
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
 from tierserve.pruning.adapters import adapter_for
 from tierserve.pruning.artifact import (
     MANIFEST,
@@ -27,7 +29,6 @@ from tierserve.pruning.storage import StorageError, resolve
 from tierserve.pruning.structure import Budget, Structure
 from tierserve.pruning.surgery import apply_structure
 from tierserve.pruning.tasks import Task, TaskModel, load_task_model
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 STRUCTURE = uneven_structure(6, 12, 1536, removed=(1, 4), seed=7)
 

@@ -5,6 +5,7 @@ import time
 import numpy as np
 import pytest
 import torch
+
 from tierserve.pruning.metrics import mrr_at_k, ndcg_at_k, per_slice, recall_at_k
 from tierserve.pruning.tasks import TaskModel
 

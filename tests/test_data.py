@@ -7,6 +7,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from tierserve.pruning.data import (
     DataError,
     hash_split,

@@ -59,7 +59,7 @@ def test_latency_budget_is_converted_on_this_hardware(minilm, texts):
     result = prune(minilm, texts[:16], PruneConfig(criterion="magnitude", rescale=False,
                                                    budget=budget))
     lat = result.report["latency_budget"]
-    assert 0.0 < lat["flops_target"] < 0.95 and len(lat["trace"]) == 6
+    assert 0.0 < lat["flops_target"] <= 0.9 and len(lat["trace"]) == 6
     achieved = result.report["plan"]["encoder"]["flops_removed_fraction"]
     assert abs(achieved - lat["flops_target"]) <= 0.01
     # every bisection point at least as aggressive as the chosen one measured as fast enough

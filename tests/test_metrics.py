@@ -5,6 +5,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 from sklearn.metrics import f1_score, ndcg_score, precision_score, recall_score
+
 from tierserve.pruning.metrics import (
     accuracy,
     macro_f1,

@@ -6,11 +6,12 @@ import dataclasses
 
 import pytest
 import torch
+from transformers import AutoConfig, AutoModel
+
 from tierserve.pruning.adapters import adapter_for
 from tierserve.pruning.cost import ModelShape, encoder_flops, encoder_params
 from tierserve.pruning.plan import PlanError, plan, plan_report
 from tierserve.pruning.structure import Budget, Scores
-from transformers import AutoConfig, AutoModel
 
 L, H, FF = 6, 12, 1536
 

@@ -92,3 +92,12 @@ def test_latency_and_size_gates_and_missing_metric():
     assert not missing.passed and missing.value is None and "not measured" in missing.detail
     assert not latency.passed and latency.comparison == "<="
     assert size.passed
+
+
+def test_precision_gate_reads_its_positive_class():
+    gates = GatesSpec.model_validate({"quality": [
+        {"metric": "precision", "positiveClass": "great", "min": 0.8}]})
+    (gate,) = check_gates(gates, _measured(pruned={"precision:great": 0.85, "precision:other": 0.2}))
+    assert gate.passed and gate.metric == "precision:great" and gate.value == 0.85
+    with pytest.raises(SpecError, match="positiveClass"):
+        parse_spec(_with("gates.quality", [{"metric": "precision", "min": 0.5}]))

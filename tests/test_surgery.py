@@ -11,13 +11,14 @@ import copy
 
 import pytest
 import torch
+from torch import nn
+
 from tierserve.pruning.adapters import adapter_for
 from tierserve.pruning.cost import ModelShape, whole_params
 from tierserve.pruning.sparse import dense_speedup_note, magnitude_prune_, nm_prune_, sparsity
 from tierserve.pruning.structure import LayerStructure, Structure
 from tierserve.pruning.surgery import StructureMismatchError, apply_structure, slice_linear_
 from tierserve.pruning.tasks import TaskModel, load_task_model
-from torch import nn
 
 L, H, DH, D, FF = 6, 12, 32, 384, 1536
 
