@@ -1,0 +1,36 @@
+"""Gate-driven search on real weights and data: the chosen budget passes, the next step up fails."""
+
+import pytest
+import yaml
+
+from tierserve.pruning.job import run_job
+from tierserve.pruning.spec import parse_spec
+
+pytestmark = pytest.mark.slow
+
+
+def test_max_sparsity_search_brackets_the_gates(repo_root, tmp_path):
+    doc = yaml.safe_load((repo_root / "examples/minilm-pass.yaml").read_text())["spec"]
+    data = doc["data"]
+    for src in (data["calibration"], data["evaluation"]):
+        for field in ("queries", "corpus", "qrels"):
+            src[field] = str(repo_root / "examples" / src[field])
+    data["validation"] = {**data["evaluation"], "split": "validation", "limit": 150}
+    data["evaluation"]["limit"] = 150
+    doc["pruning"].update(calibrationSamples=64,
+                          search={"mode": "maxSparsity", "low": 0.1, "high": 0.8, "steps": 3})
+    doc["gates"] = {"quality": [{"metric": "ndcg@10", "relative": 0.95}]}
+    report, code = run_job(parse_spec(doc), tmp_path, name="search")
+    trace = report["search"]
+    assert [p["target"] for p in trace[:2]] == [0.1, 0.8] and len(trace) == 5
+    passed = [p["target"] for p in trace if p["passed"]]
+    failed = [p["target"] for p in trace if not p["passed"]]
+    assert passed and failed, trace
+    chosen = report["budget"]["achieved_target"]
+    assert chosen == max(passed)
+    # the bracket is tight: the smallest failing budget is the next step up from the chosen one
+    next_up = min(t for t in failed if t > chosen)
+    assert next_up - chosen <= (0.8 - 0.1) / 2 ** 3 + 1e-9
+    assert abs(report["budget"]["encoder_flops_removed"] - chosen) <= 0.01
+    # the chosen model is then judged on held-out evaluation rows, not the validation rows
+    assert report["gates"] and code in (0, 2)
