@@ -77,7 +77,7 @@ def run_job(spec: PrunedModelSpec, out: str | Path, *, name: str = "prunedmodel"
     """Run the whole job in this process. Returns (report, exit code)."""
     from .pipeline import run_pipeline
 
-    out_dir = resolve(out, must_exist=False)
+    out_dir = resolve(out, must_exist=False).resolve()  # absolute, so it has a file:// URI
     out_dir.mkdir(parents=True, exist_ok=True)
     tick = ProgressFile(out_dir, progress)
     tick("load", 0.0)

@@ -11,9 +11,9 @@ import yaml
 pytestmark = pytest.mark.slow
 
 
-def _prune(spec, out, *extra):
+def _prune(spec, out, *extra, cwd=None):
     return subprocess.run([sys.executable, "-m", "tierserve.cli", "prune", str(spec), "--out",
-                           str(out), *extra], capture_output=True, text=True, timeout=1200)
+                           str(out), *extra], capture_output=True, text=True, timeout=1200, cwd=cwd)
 
 
 def _absolute(repo_root):
@@ -27,7 +27,9 @@ def _absolute(repo_root):
 
 
 def test_pass_example_exits_0_and_every_gate_passes(repo_root, tmp_path):
-    proc = _prune(repo_root / "examples/minilm-pass.yaml", tmp_path)
+    # a relative --out, as in the README's first command
+    proc = _prune(repo_root / "examples/minilm-pass.yaml", "run", cwd=tmp_path)
+    tmp_path = tmp_path / "run"
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["deployable"] is True and report["gates"]
