@@ -31,7 +31,8 @@ from .structure import Budget, Scores, Structure
 from .surgery import apply_structure
 from .tasks import TaskModel
 
-__all__ = ["Progress", "PruneConfig", "PruneResult", "latency_to_flops", "prune", "prune_with_scores"]
+__all__ = ["Progress", "PruneConfig", "PruneResult", "latency_to_flops", "prune", "prune_with_scores",
+           "score_units"]
 
 Progress = Callable[[str, float], None]  # (stage, fraction of the whole run done)
 
@@ -80,7 +81,9 @@ def _lift(scores: Scores, structure: Structure, shape: ModelShape) -> Scores:
     return replace(scores, heads=heads, neurons=neurons, layers=layers)
 
 
-def _score(tm: TaskModel, batches: list, config: PruneConfig, labels: Sequence | None) -> Scores:
+def score_units(tm: TaskModel, batches: list, config: PruneConfig,
+                labels: Sequence | None = None) -> Scores:
+    """Importance of every unit of `tm` by `config.criterion`; layer scores when layers are prunable."""
     adapter = adapter_for(tm.model)
     scores = importance.score(config.criterion, tm, adapter, batches, target=config.target,
                               labels=labels, seed=config.seed)
@@ -126,9 +129,9 @@ def prune(full: TaskModel, calibration: Sequence[Any], config: PruneConfig, *,
         progress(f"score round {r}/{config.rounds}", (r - 1) / config.rounds)
         ts = time.perf_counter()
         if result is None:
-            scores = _score(full, batches, step, labels)
+            scores = score_units(full, batches, step, labels)
         else:
-            scores = _lift(_score(result.model, batches, step, labels), result.structure, shape)
+            scores = _lift(score_units(result.model, batches, step, labels), result.structure, shape)
         timings[f"score_round_{r}"] = time.perf_counter() - ts
         progress(f"prune round {r}/{config.rounds}", (r - 0.5) / config.rounds)
         result = prune_with_scores(full, scores, batches, step, shape)

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import torch
 
-from . import importance
-from .adapters import adapter_for
 from .artifact import save_pruned
 from .data import RetrievalData
-from .engine import PruneConfig, prune
+from .engine import PruneConfig, prune, score_units
 from .inputs import Dataset, JobInputs
 from .quality import judge, latency_pair
 from .search import search_max_sparsity
@@ -47,11 +45,7 @@ def _search(spec, full, examples, labels, config, inputs, tick):
         raise SpecError("spec.pruning.search.mode: maxSparsity searches a flops or params budget, "
                         "not latency (set spec.gates.maxLatencyRatio instead)")
     batches = full.batches(examples, config.batch_size)
-    adapter = adapter_for(full.model)
-    scores = importance.score(config.criterion, full, adapter, batches, target=config.target,
-                              labels=labels if config.target == "labels" else None)
-    if "layers" in config.budget.structures:
-        scores = replace(scores, layers=importance.layer_scores(full, adapter, batches))
+    scores = score_units(full, batches, config, labels if config.target == "labels" else None)
     data = inputs.validation or inputs.evaluation
     return search_max_sparsity(spec, full, scores, batches, config, data, tick)
 
