@@ -44,6 +44,20 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _crd(args: argparse.Namespace) -> int:
+    from tierserve.operator.crd import CRD_PATH, crd_yaml
+
+    text = crd_yaml()
+    if args.write:
+        path = Path(args.write if args.write != "-" else CRD_PATH)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tierserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="print the summary of a report.json (file or directory)")
     r.add_argument("uri")
     r.set_defaults(fn=_report)
+    c = sub.add_parser("crd", help="print the PrunedModel CRD generated from the spec model")
+    c.add_argument("--write", nargs="?", const="-", metavar="PATH",
+                   help="write it (default charts/tierserve/crds/prunedmodels.tierserve.io.yaml)")
+    c.set_defaults(fn=_crd)
     args = parser.parse_args(argv)
     return args.fn(args)
 

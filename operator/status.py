@@ -1,0 +1,88 @@
+"""The PrunedModel `status` as code, next to the spec model it reports on.
+
+The operator computes a `PrunedModelStatus` and writes `status.model_dump(by_alias=True,
+exclude_none=True)`; the CRD's status schema is generated from this model (see `crd.py`), so the
+apiserver never prunes a field the operator writes. Conditions follow the KServe / KubeRay style:
+one entry per type with status, reason, message and lastTransitionTime.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+__all__ = ["Condition", "ConditionType", "GateRow", "Phase", "PrunedModelStatus"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class Phase(StrEnum):
+    pending = "Pending"
+    pruning = "Pruning"
+    validating = "Validating"
+    gates_failed = "GatesFailed"
+    deploying = "Deploying"
+    serving = "Serving"
+    failed = "Failed"
+
+
+class ConditionType(StrEnum):
+    pruned = "Pruned"
+    gates_passed = "GatesPassed"
+    ready = "Ready"
+
+
+class Condition(_Model):
+    type: ConditionType
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(description="CamelCase machine-readable reason")
+    message: str = ""
+    last_transition_time: str = Field(description="RFC 3339")
+    observed_generation: int | None = None
+
+
+class GateRow(_Model):
+    metric: str
+    slice: str | None = None
+    value: float | None = None
+    threshold: float | None = None
+    passed: bool
+
+
+class Progress(_Model):
+    stage: str
+    fraction: float = Field(ge=0.0, le=1.0)
+    updated: str | None = None
+
+
+class ServingVersion(_Model):
+    """The version that serves traffic; it changes only after a new generation's gates pass."""
+
+    generation: int
+    key: str = Field(description="Job key (spec + input hashes) of the artifact being served")
+    artifact: str | None = None
+
+
+class PrunedModelStatus(_Model):
+    phase: Phase = Phase.pending
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    message: str | None = None
+    backend: Literal["kuberay", "raycluster"] | None = None
+    job_name: str | None = Field(None, description="RayJob name or Ray submission id of the current run")
+    progress: Progress | None = None
+    gates: list[GateRow] | None = None
+    metrics: dict[str, Any] | None = Field(None, description="Headline full/pruned metrics")
+    budget: float | None = Field(None, description="Achieved fraction of encoder FLOPs removed")
+    quality: float | None = Field(None, description="Headline pruned / full quality")
+    latency_ratio: float | None = None
+    serving: ServingVersion | None = None
+    endpoint: str | None = None
+    pruned_share: float | None = None
+    savings_usd: float | None = None
+    last_failure: str | None = Field(None, description="Why the latest generation is not serving")
