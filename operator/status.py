@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-__all__ = ["Condition", "ConditionType", "GateRow", "Phase", "PrunedModelStatus"]
+__all__ = ["Condition", "ConditionType", "GateRow", "Phase", "Progress", "PrunedModelStatus",
+           "ServingVersion"]
 
 
 class _Model(BaseModel):
@@ -64,8 +65,10 @@ class ServingVersion(_Model):
     """The version that serves traffic; it changes only after a new generation's gates pass."""
 
     generation: int
+    spec_hash: str | None = Field(None, description="Hash of the spec this version was built from")
     key: str = Field(description="Job key (spec + input hashes) of the artifact being served")
     artifact: str | None = None
+    report: str | None = Field(None, description="URI of the report.json the Serve app was built from")
 
 
 class PrunedModelStatus(_Model):
@@ -74,7 +77,9 @@ class PrunedModelStatus(_Model):
     conditions: list[Condition] = Field(default_factory=list)
     message: str | None = None
     backend: Literal["kuberay", "raycluster"] | None = None
+    spec_hash: str | None = Field(None, description="Hash of the spec of observedGeneration")
     job_name: str | None = Field(None, description="RayJob name or Ray submission id of the current run")
+    job_status: str | None = Field(None, description="The job's own status (RayJob jobStatus / Ray job)")
     progress: Progress | None = None
     gates: list[GateRow] | None = None
     metrics: dict[str, Any] | None = Field(None, description="Headline full/pruned metrics")
@@ -82,6 +87,7 @@ class PrunedModelStatus(_Model):
     quality: float | None = Field(None, description="Headline pruned / full quality")
     latency_ratio: float | None = None
     serving: ServingVersion | None = None
+    deploying: ServingVersion | None = Field(None, description="Version being rolled out")
     endpoint: str | None = None
     pruned_share: float | None = None
     savings_usd: float | None = None

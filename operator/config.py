@@ -1,0 +1,62 @@
+"""Operator-wide settings, read once from the environment (contract 5), plus per-object overrides.
+
+    TIERSERVE_BACKEND             kuberay (default) | raycluster
+    TIERSERVE_RAY_DASHBOARD       backend b: the Ray dashboard address, e.g. http://ray-head:8265
+    TIERSERVE_IMAGE               image of the RayJob / RayService pods (backend a)
+    TIERSERVE_JOB_SERVICE_ACCOUNT ServiceAccount of the job's pods; may write only its report
+    TIERSERVE_ARTIFACT_ROOT       where jobs write artifacts: pvc://CLAIM/DIR, s3://..., or a path
+    TIERSERVE_POLL_SECONDS        how often the level-based timer looks at jobs and Serve apps
+    TIERSERVE_JOB_PYTHON          backend b: python on the Ray cluster (default `python`)
+
+A PrunedModel may pick its own backend with the annotations `tierserve.io/backend` and
+`tierserve.io/ray-dashboard`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from .names import ANN_BACKEND, ANN_DASHBOARD, BACKEND_KUBERAY, BACKEND_RAYCLUSTER
+
+__all__ = ["OperatorConfig"]
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    backend: str = BACKEND_KUBERAY
+    dashboard: str | None = None
+    image: str = "tierserve:latest"
+    job_service_account: str = "tierserve-job"
+    artifact_root: str = "pvc://tierserve-artifacts"
+    ray_version: str = "2.60.0"
+    poll_seconds: float = 5.0
+    job_python: str = "python"  # backend b: the interpreter on the Ray cluster's nodes
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            backend=env.get("TIERSERVE_BACKEND", d.backend),
+            dashboard=env.get("TIERSERVE_RAY_DASHBOARD") or None,
+            image=env.get("TIERSERVE_IMAGE", d.image),
+            job_service_account=env.get("TIERSERVE_JOB_SERVICE_ACCOUNT", d.job_service_account),
+            artifact_root=env.get("TIERSERVE_ARTIFACT_ROOT", d.artifact_root).rstrip("/"),
+            ray_version=env.get("TIERSERVE_RAY_VERSION", d.ray_version),
+            poll_seconds=float(env.get("TIERSERVE_POLL_SECONDS", d.poll_seconds)),
+            job_python=env.get("TIERSERVE_JOB_PYTHON", d.job_python),
+        )
+
+    def for_object(self, annotations: Mapping[str, str] | None) -> OperatorConfig:
+        """This config with the object's backend / dashboard annotations applied."""
+        ann = annotations or {}
+        backend = ann.get(ANN_BACKEND, self.backend)
+        if backend not in (BACKEND_KUBERAY, BACKEND_RAYCLUSTER):
+            backend = self.backend
+        return replace(self, backend=backend, dashboard=ann.get(ANN_DASHBOARD, self.dashboard))
+
+    def out_dir(self, namespace: str, name: str, h: str) -> str:
+        """The job's --out for one object and spec hash (stable, so a rerun reuses it)."""
+        return f"{self.artifact_root}/{namespace}/{name}/{h}"

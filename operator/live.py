@@ -1,0 +1,33 @@
+"""Live numbers of a serving model for its status: pruned share and savings, read from the
+router's own `/metrics` (contract 3: `tierserve_pruned_share`, `tierserve_savings_usd_total`)."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+__all__ = ["parse_live", "read_live"]
+
+_TIMEOUT_S = 3.0
+
+
+def parse_live(text: str) -> tuple[float | None, float | None]:
+    """(pruned share, savings in USD) from Prometheus text; None for a metric that is absent."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in ("tierserve_pruned_share", "tierserve_savings_usd_total"):
+                found[sample.name] = found.get(sample.name, 0.0) + float(sample.value)
+    share, savings = found.get("tierserve_pruned_share"), found.get("tierserve_savings_usd_total")
+    return (None if share is None else round(share, 4),
+            None if savings is None else round(savings, 6))
+
+
+def read_live(endpoint: str) -> tuple[float | None, float | None]:
+    """Scrape `<endpoint>/metrics`; (None, None) when the router cannot be reached from here."""
+    try:
+        with urllib.request.urlopen(f"{endpoint}/metrics", timeout=_TIMEOUT_S) as resp:
+            return parse_live(resp.read().decode(errors="replace"))
+    except (OSError, ValueError):
+        return None, None

@@ -1,0 +1,112 @@
+"""Names, labels, annotations and event reasons of everything the operator creates: one place.
+
+Every child name is a pure function of the PrunedModel's name and the hash of its spec, so an
+operator restarted mid-job finds (adopts) what it created before instead of creating a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+__all__ = [
+    "ANN_BACKEND", "ANN_DASHBOARD", "ANN_SPEC_HASH", "APP_IMPORT_PATH", "BACKEND_KUBERAY",
+    "BACKEND_RAYCLUSTER", "FINALIZER", "LABEL_HASH", "LABEL_MANAGED", "LABEL_MODEL", "Reason",
+    "app_name", "child_labels", "job_role_name", "rayjob_name", "rayservice_name",
+    "report_configmap_name", "route_prefix", "spec_hash", "submission_id",
+]
+
+GROUP = "tierserve.io"
+LABEL_MANAGED = "app.kubernetes.io/managed-by"
+LABEL_MODEL = f"{GROUP}/prunedmodel"
+LABEL_HASH = f"{GROUP}/spec-hash"
+ANN_SPEC_HASH = f"{GROUP}/spec-hash"
+ANN_BACKEND = f"{GROUP}/backend"          # per-object override of TIERSERVE_BACKEND
+ANN_DASHBOARD = f"{GROUP}/ray-dashboard"  # per-object override of TIERSERVE_RAY_DASHBOARD
+FINALIZER = f"{GROUP}/serve-apps"         # backend b only: external Serve apps and Ray jobs
+BACKEND_KUBERAY, BACKEND_RAYCLUSTER = "kuberay", "raycluster"
+APP_IMPORT_PATH = "tierserve.serving.app:build_app"  # contract 2
+_MAX = 63  # DNS-1123 label length
+
+
+class Reason:
+    """Event and condition reasons (CamelCase, as kubectl shows them)."""
+
+    accepted = "Accepted"
+    invalid_spec = "InvalidSpec"
+    job_created = "JobCreated"
+    job_adopted = "JobAdopted"
+    job_running = "JobRunning"
+    validating = "Validating"
+    job_failed = "JobFailed"
+    pruned = "Pruned"
+    gates_passed = "GatesPassed"
+    gates_failed = "GatesFailed"
+    deploying = "Deploying"
+    serving = "Serving"
+    previous_serving = "PreviousVersionServing"
+    not_deployed = "NotDeployed"
+    waiting = "Waiting"
+    transient = "TransientError"
+
+
+def _canonical(value: Any) -> Any:
+    """1.0 and 1 are the same number (the apiserver stores JSON numbers, and drops the `.0`)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    """8 hex characters of sha256 over the canonical JSON of the (camelCase) spec."""
+    text = json.dumps(_canonical(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _dns(base: str, suffix: str) -> str:
+    """`<base><suffix>`, base cut so the whole fits in 63 characters."""
+    base = re.sub(r"[^a-z0-9-]", "-", base.lower())[: _MAX - len(suffix)].rstrip("-")
+    return base + suffix
+
+
+def rayjob_name(name: str, h: str) -> str:
+    return _dns(name, f"-prune-{h}")
+
+
+def rayservice_name(name: str) -> str:
+    """One RayService per PrunedModel: a new version is an in-place serveConfigV2 upgrade."""
+    return _dns(name, "-tiers")
+
+
+def report_configmap_name(name: str, h: str) -> str:
+    return _dns(name, f"-report-{h}")
+
+
+def job_role_name(name: str, h: str) -> str:
+    return _dns(name, f"-report-writer-{h}")
+
+
+def submission_id(namespace: str, name: str, h: str) -> str:
+    """Ray Jobs API submission id (backend b): the same object and spec always get the same id."""
+    return f"tierserve-{namespace}-{name}-{h}"
+
+
+def app_name(namespace: str, name: str) -> str:
+    return f"{namespace}-{name}"
+
+
+def route_prefix(namespace: str, name: str) -> str:
+    return f"/{app_name(namespace, name)}"
+
+
+def child_labels(name: str, h: str | None = None) -> dict[str, str]:
+    labels = {LABEL_MANAGED: "tierserve", LABEL_MODEL: name}
+    if h:
+        labels[LABEL_HASH] = h
+    return labels

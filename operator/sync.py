@@ -1,0 +1,58 @@
+"""One reconcile pass for one PrunedModel: fetch, observe, decide (pure), apply, write status.
+
+Every trigger (create/update/resume, the level-based timer, an event of a RayJob or RayService)
+calls `sync`; a per-object lock keeps passes of one object in order. The status is computed
+before applying and written even when a step failed (with the error as its message, replaced by
+the next good pass), and only when it changed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from . import k8s
+from .backends import backend_for
+from .config import OperatorConfig
+from .names import spec_hash
+from .reconcile import Decision, Event, reconcile
+
+__all__ = ["sync"]
+
+_LOCKS: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+Emit = Callable[[dict[str, Any], Event], None]
+
+
+def _pass(pm: dict[str, Any], cfg: OperatorConfig, emit: Emit) -> Decision:
+    backend = backend_for(pm, cfg)
+    meta, status = pm["metadata"], pm.get("status") or {}
+    h = spec_hash(pm["spec"])
+    d = reconcile(pm["spec"], meta.get("generation", 1), status, backend.observe(pm, h),
+                  backend=cfg.for_object(meta.get("annotations")).backend,
+                  job_name=backend.job_name(pm, h), now=k8s.now())
+    events, error = list(d.events), None
+    try:
+        events += backend.apply(pm, d)
+    except Exception as err:  # noqa: BLE001 - recorded in status, then re-raised for a retry
+        error = err
+    new = dict(d.status)
+    if error is not None:
+        new["message"] = f"retrying after a transient error: {str(error)[:300]}"
+    if (body := k8s.status_patch(status, new)) is not None:
+        k8s.patch_status(meta["namespace"], meta["name"], body)
+    for event in events:
+        emit(pm, event)
+    if error is not None:
+        raise error
+    return d
+
+
+def sync(namespace: str, name: str, cfg: OperatorConfig, emit: Emit) -> Decision | None:
+    """Reconcile `namespace/name` once; None when it is gone or being deleted."""
+    with _LOCKS[(namespace, name)]:
+        pm = k8s.get("PrunedModel", namespace, name)
+        if pm is None or pm["metadata"].get("deletionTimestamp"):
+            return None
+        return _pass(pm, cfg, emit)
