@@ -176,7 +176,8 @@ def _model_class(manifest: dict, task: Task, path: Path) -> type[nn.Module]:
         raise ArtifactError(f"{path / MANIFEST}: field 'model_class' {name!r} is not a "
                             "transformers model class")
     head = {Task.sequence_classification: "ForSequenceClassification",
-            Task.image_classification: "ForImageClassification"}.get(task)
+            Task.image_classification: "ForImageClassification",
+            Task.text_generation: "ForCausalLM"}.get(task)
     if task is Task.rerank and manifest.get("cross_encoder"):
         head = "ForSequenceClassification"
     if (head is None and "For" in name) or (head is not None and not name.endswith(head)):
@@ -215,6 +216,7 @@ def _build(path: Path, manifest: dict, task: Task) -> nn.Module:
         no_init_weights = contextlib.nullcontext
     with no_init_weights():
         model = cls(config)
+    model.tie_weights()  # no_init_weights skips tying; tied LM heads are saved once
     apply_structure(adapter_for(model), structure)
     weights = path / WEIGHTS
     if not weights.exists():
@@ -248,6 +250,10 @@ def load_pruned(path_or_uri: str | Path, task: Task | str, *, max_length: int | 
         quantize(model, manifest.get("quantization"))
     proc_cls = AutoImageProcessor if task is Task.image_classification else AutoTokenizer
     processor = proc_cls.from_pretrained(str(path), local_files_only=True)
+    if task is Task.text_generation:
+        from .tasks import lm_tokenizer
+
+        processor = lm_tokenizer(processor)
     return TaskModel(task=task, model=model, processor=processor,
                      cross_encoder=bool(manifest.get("cross_encoder", False)),
                      max_length=max_length or int(manifest.get("max_length", 128)))

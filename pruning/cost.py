@@ -13,6 +13,13 @@ classifier, counted once per sequence); token-embedding lookups cost no FLOPs. P
 exact: `whole_params(shape)` equals `sum(p.numel())` over the model's (deduplicated) parameters,
 and embedding parameters are reported separately so a large vocabulary does not hide what pruning
 changed.
+
+Decoder LMs (`adapter.causal`): FLOPs are counted per *generated token* at a context of T tokens
+held in the KV cache (`ModelShape.per_token`): per head 2·(3·d·dh) + 2·dh·d for the projections of
+one token plus 4·T·dh for its scores and context over the cache; per neuron 2·d·(#ffn_in + 1);
+the LM head adds 2·d·V per token (tied or not). Under grouped-query attention (`head_group` = g
+query heads per KV head) a query head carries 1/g of its KV head's k/v projections, so removing a
+whole KV group with its g query heads removes exactly g head costs.
 """
 
 from __future__ import annotations
@@ -46,7 +53,9 @@ class ModelShape:
     embedding_params: int  # the backbone's embeddings module
     head_params: int  # everything else outside the layers: pooler, final norm, classifier
     embedding_flops_per_token: int = 0  # patch-embedding convolution (ViT)
-    head_flops_per_seq: int = 0  # linears outside the layers, once per sequence
+    head_flops_per_seq: int = 0  # linears outside the layers, once per sequence (per token if per_token)
+    head_group: int = 1  # query heads per KV head (GQA); k/v costs are shared by the group
+    per_token: bool = False  # decoder: FLOPs per generated token at context seq_len (KV cache)
 
     @classmethod
     def from_adapter(cls, adapter: ArchAdapter) -> ModelShape:
@@ -55,8 +64,10 @@ class ModelShape:
         n = adapter.num_layers
         h0 = adapter.handles(0)
         dh, d = adapter.head_dim, adapter.hidden_size
-        per_head = sum(lin.in_features * dh + (dh if lin.bias is not None else 0)
-                       for lin in (h0.q, h0.k, h0.v)) + h0.o.out_features * dh
+        group = max(1, h0.q.out_features // h0.k.out_features)  # GQA: k/v shared by `group` heads
+        per_head = sum((lin.in_features * dh + (dh if lin.bias is not None else 0)) // g
+                       for lin, g in ((h0.q, 1), (h0.k, group), (h0.v, group)))
+        per_head += h0.o.out_features * dh
         per_neuron = sum(lin.in_features + (1 if lin.bias is not None else 0)
                          for lin in h0.ffn_in) + h0.ffn_out.out_features
         heads = tuple(adapter.num_heads(i) for i in range(n))
@@ -74,7 +85,9 @@ class ModelShape:
             layer_fixed_params=fixed, embedding_params=emb,
             head_params=total - emb - _numel(adapter.layers),
             embedding_flops_per_token=_conv_flops(embeddings),
-            head_flops_per_seq=_outside_linear_flops(model, in_layers | in_emb),
+            head_flops_per_seq=(_lm_head_flops(model) if getattr(adapter, "causal", False)
+                                else _outside_linear_flops(model, in_layers | in_emb)),
+            head_group=group, per_token=bool(getattr(adapter, "causal", False)),
         )
 
     def full_structure(self) -> Structure:
@@ -93,6 +106,12 @@ def _conv_flops(embeddings: nn.Module | None) -> int:
     return sum(2 * m.weight.numel() for m in embeddings.modules() if isinstance(m, nn.Conv2d))
 
 
+def _lm_head_flops(model: nn.Module) -> int:
+    """2·d·V per token for a causal LM's output projection (counted even when tied)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return 2 * head.weight.numel() if head is not None else 0
+
+
 def _outside_linear_flops(model: nn.Module, skip: set[int]) -> int:
     return sum(2 * m.weight.numel() for m in model.modules()
                if isinstance(m, nn.Linear) and id(m.weight) not in skip)
@@ -102,12 +121,16 @@ def _outside_linear_flops(model: nn.Module, skip: set[int]) -> int:
 def head_flops(shape: ModelShape, seq_len: int) -> int:
     """FLOPs of one attention head at T = seq_len (projections + score/context matmuls)."""
     t, d, dh = seq_len, shape.hidden, shape.head_dim
-    return 2 * t * (3 * d * dh) + 2 * t * dh * d + 4 * t * t * dh
+    proj = 2 * d * dh * (2 + 2 / shape.head_group)  # q, o + this head's share of k, v; per token
+    if shape.per_token:  # one generated token attending over a context of t cached tokens
+        return round(proj + 4 * t * dh)
+    return round(t * proj + 4 * t * t * dh)
 
 
 def neuron_flops(shape: ModelShape, seq_len: int) -> int:
-    """FLOPs of one FFN neuron at T = seq_len."""
-    return 2 * seq_len * shape.hidden * (shape.num_ffn_in + 1)
+    """FLOPs of one FFN neuron at T = seq_len (per token for decoders)."""
+    tokens = 1 if shape.per_token else seq_len
+    return 2 * tokens * shape.hidden * (shape.num_ffn_in + 1)
 
 
 def layer_flops(shape: ModelShape, heads: int, neurons: int, seq_len: int) -> int:
@@ -138,8 +161,9 @@ def encoder_params(shape: ModelShape, structure: Structure | None = None) -> int
 
 
 def whole_flops(shape: ModelShape, structure: Structure | None = None, seq_len: int = 128) -> int:
+    tokens = 1 if shape.per_token else seq_len
     return (encoder_flops(shape, structure, seq_len)
-            + shape.embedding_flops_per_token * seq_len + shape.head_flops_per_seq)
+            + shape.embedding_flops_per_token * tokens + shape.head_flops_per_seq)
 
 
 def whole_params(shape: ModelShape, structure: Structure | None = None) -> int:

@@ -257,9 +257,10 @@ def load_retrieval(queries_uri: str | Path, corpus_uri: str | Path, qrels_uri: s
 # -- classification -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ClassificationData:
-    """Texts with integer labels indexing `label_names`; `slices` is None without a slice field."""
+    """Texts (or PIL images) with integer labels indexing `label_names`; `slices` is None without a
+    slice field."""
 
-    texts: tuple[str, ...]
+    texts: tuple[Any, ...]
     labels: tuple[int, ...]
     label_names: tuple[str, ...]
     slices: tuple[str, ...] | None = None
@@ -274,15 +275,16 @@ def _label_set(values: Sequence[str | int]) -> tuple[str, ...]:
 
 def load_classification(uri: str | Path, text_field: str = "text", label_field: str = "label",
                         slice_field: str | None = None, split: str | None = None, *,
-                        label_names: Sequence[str] | None = None) -> ClassificationData:
+                        label_names: Sequence[str] | None = None,
+                        image_field: str | None = None) -> ClassificationData:
     """Load {text, label[, slice, split, id]} records into a `ClassificationData`.
 
     The label set is `label_names` when given (e.g. a fine-tuned model's `id2label` order; every
     label must be in it), else the sorted distinct labels of the whole file, so every split of one
     file shares one label index. `split` then keeps the records whose `split` field equals it.
+    With `image_field`, examples are the decoded images of that field (see `images.py`).
     """
     records = read_records(uri)
-    texts = _field(uri, records, text_field)
     raw_labels = _field(uri, records, label_field, (str, int))
     names = tuple(str(n) for n in label_names) if label_names is not None else _label_set(raw_labels)
     index = {n: i for i, n in enumerate(names)}
@@ -296,6 +298,13 @@ def load_classification(uri: str | Path, text_field: str = "text", label_field: 
     rows = [i for i, k in enumerate(_split_mask(uri, records, split)) if k]
     if not rows:
         raise DataError(f"{uri}: field 'split' has no record equal to {split!r}")
+    if image_field is not None:  # image classification: decode only the rows kept
+        from .images import decode_images
+
+        decoded = decode_images(uri, [records[i] for i in rows], image_field)
+        texts = dict(zip(rows, decoded, strict=True))
+    else:
+        texts = _field(uri, records, text_field)
     return ClassificationData(
         texts=tuple(texts[i] for i in rows),
         labels=tuple(index[str(raw_labels[i])] for i in rows),

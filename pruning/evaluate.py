@@ -5,6 +5,8 @@ Retrieval (embedding, bi-encoder rerank): queries and corpus are embedded, score
 Cross-encoder rerank: each query scores its judged documents plus `negatives` others, chosen
 deterministically, and scores outside that candidate set are -inf.
 Classification: logits (N, C).
+Similarity pairs (embedding): cosine of the two texts' embeddings, Spearman against the human
+scores; agreement with the full model is the Spearman of the two models' cosines.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from . import metrics as M
 from .data import ClassificationData, RetrievalData
+from .pairs import SimilarityData
 from .tasks import TaskModel
 
 __all__ = ["Evaluation", "agreement", "encode", "evaluate"]
@@ -30,6 +33,7 @@ class Evaluation:
     slices: dict[str, dict[str, float]]  # {slice: {metric: value}}
     outputs: np.ndarray = field(repr=False)  # (Q, D) scores or (N, C) logits, for agreement
     slice_of_row: tuple[str, ...] | None = field(default=None, repr=False)
+    kind: str = "rank"  # rank | class | similarity: how agreement compares outputs
 
 
 @torch.inference_mode()
@@ -94,9 +98,27 @@ def _by_slice(fn, slices: Sequence[str] | None, *arrays: np.ndarray) -> dict[str
     return {str(s): fn(*(a[keys == s] for a in arrays)) for s in np.unique(keys)}
 
 
-def evaluate(tm: TaskModel, data: RetrievalData | ClassificationData, *, batch_size: int = 64,
-             negatives: int = 19) -> Evaluation:
+def _similarity(tm: TaskModel, data: SimilarityData, batch_size: int) -> Evaluation:
+    a = encode(tm, list(data.texts), batch_size)  # (N, d), unit norm
+    b = encode(tm, list(data.pairs), batch_size)  # (N, d)
+    cos = (a * b).sum(-1).numpy()  # (N,)
+    scores = np.asarray(data.scores)
+
+    def metrics(c: np.ndarray, s: np.ndarray) -> dict[str, float]:
+        return {"spearman": M.spearman(c, s)}
+    return Evaluation(metrics(cos, scores), _by_slice(metrics, data.slices, cos, scores),
+                      cos[:, None], data.slices, kind="similarity")
+
+
+def evaluate(tm: TaskModel, data: RetrievalData | ClassificationData | SimilarityData, *,
+             batch_size: int = 64, negatives: int = 19) -> Evaluation:
     """Task metrics of `tm` on `data`, overall and per slice."""
+    from .lm import LMData, evaluate_lm
+
+    if isinstance(data, LMData):  # decoder LMs: perplexity, generation task (lm.py)
+        return evaluate_lm(tm, data)
+    if isinstance(data, SimilarityData):
+        return _similarity(tm, data, batch_size)
     if isinstance(data, RetrievalData):
         scores, rel = _rank_scores(tm, data, batch_size, negatives), data.relevance_matrix()
         return Evaluation(_retrieval_metrics(scores, rel),
@@ -108,13 +130,20 @@ def evaluate(tm: TaskModel, data: RetrievalData | ClassificationData, *, batch_s
     def metrics(lo: np.ndarray, la: np.ndarray) -> dict[str, float]:
         return _class_metrics(lo, la, data.label_names)
     return Evaluation(metrics(logits, labels), _by_slice(metrics, data.slices, logits, labels),
-                      logits, data.slices)
+                      logits, data.slices, kind="class")
 
 
 def agreement(pruned: Evaluation, full: Evaluation) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Label-free agreement of pruned with full: top-1 agreement, and for rankings the NDCG@10 of
-    the pruned ranking against the full one. Overall and per slice."""
+    the pruned ranking against the full one; for similarity pairs, the Spearman of the pruned
+    cosines against the full ones. Overall and per slice."""
     def fn(p: np.ndarray, f: np.ndarray) -> dict[str, float]:
+        if full.kind == "lm":  # top-1 next-token ids per text position
+            from .lm import token_agreement
+
+            return token_agreement(p, f)
+        if full.kind == "similarity":
+            return {"agreement": M.spearman(p[:, 0], f[:, 0])}
         out = {"agreement": M.top1_agreement(p, f)}
         if p.shape[1] > 1 and np.isfinite(f).sum(1).min() > 2 and p.shape[1] >= 10:
             out["agreement_ndcg@10"] = M.ranking_agreement_ndcg(p, f, 10)

@@ -2,7 +2,10 @@
 
 A gate compares one measured value with one threshold:
 - quality gates: `metric` (overall or on one slice) >= `min`, and/or >= `relative` x full;
+  for lower-is-better metrics (`spec.LOWER_IS_BETTER`: perplexity) the comparison flips:
+  value <= `max`, and/or value <= `relative` x full (relative > 1 allows that much worse);
 - the latency gate: measured pruned p50 / full p50 <= `maxLatencyRatio` (blocks "no real speedup");
+  decoder LMs are timed per token for prefill and for decode, and each phase is one gate;
 - the size gate: pruned bytes / full bytes <= `maxSizeRatio`.
 """
 
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .spec import GatesSpec
+from .spec import LOWER_IS_BETTER, GatesSpec
 
 __all__ = ["GateResult", "Measured", "check_gates"]
 
@@ -40,6 +43,7 @@ class Measured:
     pruned_slices: dict[str, dict[str, float]]
     latency_ratio: float | None = None
     size_ratio: float | None = None
+    latency_phases: dict[str, float] | None = None  # decoder LMs: {"prefill": r, "decode": r}
 
 
 def _lookup(metrics: dict[str, float], slices: dict[str, dict[str, float]], metric: str,
@@ -56,11 +60,43 @@ def _floor(name: str, metric: str, slice_: str | None, value: float | None, thre
                       detail if value is not None else f"{detail}; not measured")
 
 
+def _ceiling(name: str, metric: str, slice_: str | None, value: float | None, threshold: float,
+             detail: str) -> GateResult:
+    passed = value is not None and value <= threshold + 1e-12
+    return GateResult(name, metric, slice_, value, threshold, "<=", passed,
+                      detail if value is not None else f"{detail}; not measured")
+
+
+def _lower_is_better(gate, m: Measured, where: str) -> list[GateResult]:
+    value = _lookup(m.pruned, m.pruned_slices, gate.metric, gate.slice)
+    out = []
+    if gate.max is not None:
+        out.append(_ceiling(f"{gate.metric} <= {gate.max}{where}", gate.metric, gate.slice,
+                            value, gate.max, "absolute ceiling (lower is better)"))
+    if gate.relative is not None:
+        full = _lookup(m.full, m.full_slices, gate.metric, gate.slice)
+        threshold = gate.relative * full if full is not None else float("-inf")
+        out.append(_ceiling(f"{gate.metric} <= {gate.relative} x full{where}", gate.metric,
+                            gate.slice, value, threshold,
+                            f"full model: {full:.4f}" if full is not None else "full model: n/a"))
+    return out
+
+
+def _latency(spec: GatesSpec, m: Measured) -> list[tuple[str, float | None, float | None]]:
+    if m.latency_phases is None:
+        return [("latency_ratio", spec.max_latency_ratio, m.latency_ratio)]
+    return [(f"latency_ratio:{phase}", spec.max_latency_ratio, ratio)
+            for phase, ratio in m.latency_phases.items()]
+
+
 def check_gates(spec: GatesSpec, m: Measured) -> list[GateResult]:
     """One result per floor of every quality gate, then latency and size gates."""
     out: list[GateResult] = []
     for gate in spec.quality:
         where = f" [slice={gate.slice}]" if gate.slice else ""
+        if gate.metric in LOWER_IS_BETTER:
+            out.extend(_lower_is_better(gate, m, where))
+            continue
         metric = f"{gate.metric}:{gate.positive_class}" if gate.positive_class else gate.metric
         value = _lookup(m.pruned, m.pruned_slices, metric, gate.slice)
         if gate.min is not None:
@@ -72,7 +108,7 @@ def check_gates(spec: GatesSpec, m: Measured) -> list[GateResult]:
             out.append(_floor(f"{metric} >= {gate.relative} x full{where}", metric,
                               gate.slice, value, threshold,
                               f"full model: {full:.4f}" if full is not None else "full model: n/a"))
-    for metric, limit, value in (("latency_ratio", spec.max_latency_ratio, m.latency_ratio),
+    for metric, limit, value in (*_latency(spec, m),
                                  ("size_ratio", spec.max_size_ratio, m.size_ratio)):
         if limit is None:
             continue

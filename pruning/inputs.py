@@ -7,13 +7,14 @@ from pathlib import Path
 
 from .artifact import sha256_file, weights_sha256
 from .data import ClassificationData, DataError, RetrievalData, load_classification, load_retrieval
+from .pairs import SimilarityData, load_similarity
 from .spec import DataSource, PrunedModelSpec
 from .storage import resolve, scheme_of
 from .tasks import Task
 
 __all__ = ["Dataset", "JobInputs", "load_inputs"]
 
-Dataset = RetrievalData | ClassificationData
+Dataset = RetrievalData | ClassificationData | SimilarityData
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,9 @@ def _classification(src: DataSource, spec: PrunedModelSpec, base: Path, where: s
         raise DataError(f"spec.data.{where}.uri: a classification task needs a data file")
     path = _local(src.uri, base)
     d = spec.data
+    image_field = (d.image_field or "image") if spec.model.task is Task.image_classification else None
     data = load_classification(path, d.text_field, d.label_field, d.slice_field, src.split,
-                               label_names=label_names)
+                               label_names=label_names, image_field=image_field)
     if src.limit is not None and src.limit < len(data.texts):
         from dataclasses import replace
 
@@ -69,6 +71,18 @@ def _classification(src: DataSource, spec: PrunedModelSpec, base: Path, where: s
         data = replace(data, texts=data.texts[:n], labels=data.labels[:n],
                        slices=data.slices[:n] if data.slices else None,
                        ids=data.ids[:n] if data.ids else None)
+    return data, [path]
+
+
+def _similarity(src: DataSource, spec: PrunedModelSpec, base: Path) -> tuple[SimilarityData, list[Path]]:
+    from dataclasses import replace
+
+    path, d = _local(src.uri, base), spec.data
+    data = load_similarity(path, d.text_field, d.pair_field, d.label_field, d.slice_field, src.split)
+    if src.limit is not None and src.limit < len(data.texts):
+        n = src.limit
+        data = replace(data, texts=data.texts[:n], pairs=data.pairs[:n], scores=data.scores[:n],
+                       slices=data.slices[:n] if data.slices else None)
     return data, [path]
 
 
@@ -94,7 +108,17 @@ def load_inputs(spec: PrunedModelSpec, base_dir: Path) -> JobInputs:
         if src is None:
             loaded[where] = None
             continue
-        if task in (Task.embedding, Task.rerank):
+        if task is Task.text_generation:  # texts for perplexity, prompt/answer rows (lm.py)
+            from .lm import load_lm_data
+
+            if src.uri is None:
+                raise DataError(f"spec.data.{where}.uri: text-generation needs a data file")
+            paths = [_local(src.uri, base_dir)]
+            data = load_lm_data(paths[0], spec.data.text_field, spec.data.slice_field, src.split,
+                                limit=src.limit)
+        elif task is Task.embedding and src.uri is not None:
+            data, paths = _similarity(src, spec, base_dir)
+        elif task in (Task.embedding, Task.rerank):
             data, paths = _retrieval(src, base_dir, where)
         else:
             data, paths = _classification(src, spec, base_dir, where, names)

@@ -11,9 +11,11 @@ from pathlib import Path
 import torch
 
 from .artifact import save_pruned
+from .calibration import calibration_report
 from .data import RetrievalData
 from .engine import PruneConfig, prune, score_units
 from .inputs import Dataset, JobInputs
+from .pairs import SimilarityData
 from .quality import judge, latency_pair
 from .search import search_max_sparsity
 from .spec import PrunedModelSpec, SpecError
@@ -34,6 +36,8 @@ def prune_config(spec: PrunedModelSpec) -> PruneConfig:
 
 def calibration_examples(data: Dataset, n: int) -> tuple[list, list | None]:
     """Up to n examples (and labels for classification). Retrieval: half queries, half documents."""
+    if isinstance(data, SimilarityData):
+        return list(data.texts[: (n + 1) // 2]) + list(data.pairs[: n // 2]), None
     if isinstance(data, RetrievalData):
         half = max(1, n // 2)
         return list(data.queries[:half]) + list(data.corpus[:n - min(half, len(data.queries))]), None
@@ -70,8 +74,8 @@ def run_pipeline(spec: PrunedModelSpec, inputs: JobInputs, art: Path, tick) -> d
     t0 = time.perf_counter()
     full = _load_full(spec, inputs.model_path)
     config = prune_config(spec)
-    if config.target == "labels" and isinstance(inputs.calibration, RetrievalData):
-        raise SpecError("spec.data.labels: retrieval calibration is label-free; use 'self'")
+    if config.target == "labels" and isinstance(inputs.calibration, RetrievalData | SimilarityData):
+        raise SpecError("spec.data.labels: embedding calibration is label-free; use 'self'")
     examples, labels = calibration_examples(inputs.calibration, spec.pruning.calibration_samples)
     tick("prune", 0.1)
     trace: list[dict] = []
@@ -105,7 +109,8 @@ def run_pipeline(spec: PrunedModelSpec, inputs: JobInputs, art: Path, tick) -> d
         "metrics": {"full": j.measured.full, "pruned": j.measured.pruned, "quality_kept": kept},
         "slices": {"full": j.measured.full_slices, "pruned": j.measured.pruned_slices},
         "latency": j.latency, "size": j.size, "quantization": quant_report, "gates": [g.to_dict() for g in j.gates],
-        "search": trace, "versions": _versions(),
+        "search": trace, "versions": _versions(), "evaluated_on": j.evaluated_on,
+        "calibration": calibration_report(spec, full, deployed, inputs),  # cascade threshold
         "seconds": time.perf_counter() - t0,
     }
 

@@ -180,7 +180,17 @@ def _costs(budget: Budget, shape: ModelShape) -> tuple[float, float, float, floa
 
 def plan(scores: Scores, budget: Budget, shape: ModelShape) -> Structure:
     """Pick the kept heads, neurons and layers that remove `budget.target` of the encoder's cost
-    (±`budget.tolerance`) while removing the least normalised importance. See the module doc."""
+    (±`budget.tolerance`) while removing the least normalised importance. See the module doc.
+    Under grouped-query attention (`shape.head_group` > 1) whole KV groups are the head units
+    (gqa.py)."""
+    if shape.head_group > 1:
+        from .gqa import plan_groups
+
+        return plan_groups(_plan, scores, budget, shape)
+    return _plan(scores, budget, shape)
+
+
+def _plan(scores: Scores, budget: Budget, shape: ModelShape) -> Structure:
     _validate(scores, budget, shape)
     same = bool(scores.meta.get("same_scale", False))
     ch, cn, fixed, total = _costs(budget, shape)

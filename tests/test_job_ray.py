@@ -38,5 +38,6 @@ def test_job_runs_through_the_ray_jobs_api(ray_cluster, repo_root, tmp_path):
     assert report["deployable"] is True
     assert all(g["passed"] for g in report["gates"])
     assert "PASS" in logs  # the gate table is in the job's own log
+    assert report["evaluated_on"] == "ray"  # full and pruned were evaluated as Ray tasks
     progress = json.loads((out / "progress.json").read_text())
     assert progress["fraction"] == 1.0

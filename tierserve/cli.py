@@ -37,6 +37,13 @@ def _prune(args: argparse.Namespace) -> int:
     return code
 
 
+def _run(args: argparse.Namespace) -> int:
+    from tierserve.serving.embedded import run
+
+    return run(args.spec, args.out, once=args.once, requests=args.requests,
+               metrics_port=args.metrics_port, port=args.port)
+
+
 def _report(args: argparse.Namespace) -> int:
     from tierserve.pruning.report import load_report, summary_table
 
@@ -66,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output directory (default runs/<name>)")
     p.add_argument("--no-reuse", action="store_true", help="re-run even if a finished result exists")
     p.set_defaults(fn=_prune)
+    run = sub.add_parser("run", help="prune (or reuse), gate, serve both tiers on local Ray Serve, "
+                         "replay the evaluation set through the router and print the table")
+    run.add_argument("spec")
+    run.add_argument("--out", help="output directory (default runs/<name>)")
+    run.add_argument("--once", action="store_true", help="exit after the table instead of serving")
+    run.add_argument("--requests", type=int, default=200, help="evaluation requests to replay (0: all)")
+    run.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics")
+    run.add_argument("--port", type=int, default=8000, help="Serve HTTP port of the router")
+    run.set_defaults(fn=_run)
     r = sub.add_parser("report", help="print the summary of a report.json (file or directory)")
     r.add_argument("uri")
     r.set_defaults(fn=_report)

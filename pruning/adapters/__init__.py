@@ -13,6 +13,8 @@ from .base import ArchAdapter, LayerHandles, UnsupportedArchitectureError
 from .bert import BertAdapter
 from .common import STRUCTURE_KEY, EncoderAdapter
 from .distilbert import DistilBertAdapter
+from .gpt2 import GPT2Adapter
+from .llama import LlamaAdapter
 from .vit import ViTAdapter
 
 __all__ = [
@@ -22,7 +24,7 @@ __all__ = [
 
 ADAPTERS: dict[str, type[EncoderAdapter]] = {
     model_type: cls
-    for cls in (BertAdapter, DistilBertAdapter, ViTAdapter)
+    for cls in (BertAdapter, DistilBertAdapter, ViTAdapter, LlamaAdapter, GPT2Adapter)
     for model_type in cls.model_types
 }
 

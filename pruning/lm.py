@@ -1,0 +1,273 @@
+"""Decoder-LM evaluation: perplexity, next-token agreement, a generation-quality task, and latency
+measured per token for prefill and for decode separately.
+
+Data (`LMData`, loaded from JSONL/Parquet by `load_lm_data`): rows with a `text` field are scored
+for perplexity; rows with `prompt` and `answer` fields form the generation task. One file may hold
+both. `split` and the slice field work as for every other task.
+
+Metrics (`evaluate_lm`):
+- `perplexity`: exp of the mean next-token negative log-likelihood over every predicted token of
+  the texts (corpus-level, token-weighted), each text truncated to `max_length` tokens. Lower is
+  better: gates judge it as pruned <= relative x full (gates.py).
+- `next_token_agreement` (and its alias `agreement`): the share of text positions where the
+  pruned model's top-1 next token equals the full model's. No labels needed.
+- `exact_match`: the greedy answer (first line, trimmed, case- and end-punctuation-insensitive)
+  equals the reference; `accuracy`: the reference appears in that first line.
+
+Latency (`latency_lm`): prefill = one forward over (batch, seq_len) tokens computing only the last
+position's logits, reported in ms per prompt token; decode = one cached step per sequence after a
+seq_len-token prefill, reported in ms per generated token. Full and pruned are timed in
+alternating rounds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .tasks import TaskModel
+
+__all__ = ["LMData", "calibration_lm", "evaluate_lm", "generate", "generate_scored", "latency_lm", "load_lm_data", "normalize_answer",
+           "perplexity_pass"]
+
+
+@dataclass(frozen=True)
+class LMData:
+    """Texts for perplexity and (prompt, answer) pairs for the generation task."""
+
+    texts: tuple[str, ...]
+    prompts: tuple[str, ...] = ()
+    answers: tuple[str, ...] = ()
+    slices: tuple[str, ...] | None = None  # per text
+
+    @property
+    def labels(self) -> tuple:
+        """No labels: LM calibration is the text itself (pipeline.calibration_examples reads it)."""
+        return ()
+
+
+def load_lm_data(uri: str | Path, text_field: str = "text", slice_field: str | None = None,
+                 split: str | None = None, *, prompt_field: str = "prompt",
+                 answer_field: str = "answer", limit: int | None = None) -> LMData:
+    """Read `uri`'s records of `split`; `limit` keeps the first n texts and n prompts."""
+    from .data import DataError, read_records
+
+    rows = [r for r in read_records(uri) if split is None or r.get("split") == split]
+    if not rows:
+        raise DataError(f"{uri}: no records" + (f" with split {split!r}" if split else ""))
+    texts = [r for r in rows if isinstance(r.get(text_field), str) and r[text_field].strip()]
+    tasks = [r for r in rows if prompt_field in r]
+    bad = [i for i, r in enumerate(tasks) if not isinstance(r.get(answer_field), str | int | float)]
+    if bad:
+        raise DataError(f"{uri}: record with '{prompt_field}' lacks field '{answer_field}' "
+                        f"(task row {bad[0]})")
+    if not texts and not tasks:
+        raise DataError(f"{uri}: no record has a '{text_field}' or a '{prompt_field}' field")
+    texts, tasks = texts[:limit], tasks[:limit]
+    slices = None
+    if slice_field and texts and all(slice_field in r for r in texts):
+        slices = tuple(str(r[slice_field]) for r in texts)
+    return LMData(texts=tuple(r[text_field] for r in texts),
+                  prompts=tuple(str(r[prompt_field]) for r in tasks),
+                  answers=tuple(str(r[answer_field]) for r in tasks), slices=slices)
+
+
+# -- perplexity and next-token agreement --------------------------------------------------------
+@torch.inference_mode()
+def perplexity_pass(tm: TaskModel, texts: Sequence[str], batch_size: int = 8
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per text: summed NLL (n,), predicted tokens (n,); per real position: top-1 id (N,) and
+    its text index (N,)."""
+    nll, count, top1, owner = [], [], [], []
+    for start in range(0, len(texts), batch_size):
+        batch = tm.batch(list(texts[start:start + batch_size]))
+        ids, mask = batch["input_ids"], batch["attention_mask"]  # (B, T)
+        logits = tm.model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+        logp = F.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V)
+        tok = logp.gather(-1, ids[:, 1:, None])[..., 0]  # (B, T-1)
+        real = mask[:, 1:].bool() & mask[:, :-1].bool()  # (B, T-1) target and context real
+        nll.append(-(tok * real).sum(1).double().numpy())
+        count.append(real.sum(1).numpy())
+        m = mask.bool()
+        top1.append(logits.argmax(-1)[m].numpy())  # (n_real,)
+        rows = torch.arange(ids.shape[0])[:, None].expand_as(ids) + start
+        owner.append(rows[m].numpy())
+    return (np.concatenate(nll), np.concatenate(count), np.concatenate(top1),
+            np.concatenate(owner))
+
+
+def _ppl(nll: np.ndarray, count: np.ndarray) -> float:
+    return float(math.exp(nll.sum() / max(int(count.sum()), 1)))
+
+
+# -- generation ---------------------------------------------------------------------------------
+def _prompt_ids(tm: TaskModel, prompts: Sequence[str], chat: bool) -> dict[str, torch.Tensor]:
+    tok = tm.processor
+    if chat and getattr(tok, "chat_template", None):
+        prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                           add_generation_prompt=True) for p in prompts]
+    side = tok.padding_side
+    tok.padding_side = "left"  # generation continues every row from its last real token
+    try:
+        return dict(tok(list(prompts), padding=True, return_tensors="pt",
+                        add_special_tokens=not chat))
+    finally:
+        tok.padding_side = side
+
+
+@torch.inference_mode()
+def generate_scored(tm: TaskModel, prompts: Sequence[str], *, max_new_tokens: int = 16,
+                    batch_size: int = 8, chat: bool = True) -> tuple[list[str], list[float]]:
+    """Greedy continuations of `prompts` (chat template applied when the tokenizer has one) and
+    each one's mean token log-probability under `tm` (up to and including its EOS)."""
+    texts: list[str] = []
+    scores: list[float] = []
+    eos = tm.processor.eos_token_id
+    for start in range(0, len(prompts), batch_size):
+        enc = _prompt_ids(tm, prompts[start:start + batch_size], chat)
+        out = tm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=tm.processor.pad_token_id, output_logits=True,
+                                return_dict_in_generate=True)
+        new = out.sequences[:, enc["input_ids"].shape[1]:]  # (B, n)
+        logp = torch.stack([F.log_softmax(x.float(), -1) for x in out.logits], 1)  # (B, n, V)
+        chosen = logp.gather(-1, new[..., None])[..., 0]  # (B, n)
+        done = torch.cumsum((new == eos).int(), 1) - (new == eos).int()  # tokens after an EOS
+        live = (done == 0).float()  # (B, n)
+        scores.extend(((chosen * live).sum(1) / live.sum(1).clamp(min=1)).tolist())
+        texts.extend(tm.processor.batch_decode(new, skip_special_tokens=True))
+    return texts, scores
+
+
+def generate(tm: TaskModel, prompts: Sequence[str], *, max_new_tokens: int = 16,
+             batch_size: int = 8, chat: bool = True) -> list[str]:
+    """Greedy continuations of `prompts` (see `generate_scored`)."""
+    return generate_scored(tm, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           chat=chat)[0]
+
+
+def calibration_lm(spec, full: TaskModel, pruned: TaskModel, inputs, *, limit: int = 64,
+                   max_new_tokens: int = 16) -> dict:
+    """The report's `calibration` block for a decoder LM: the cascade escalates a request when the
+    pruned tier's mean token log-probability over its answer is below `threshold`, chosen on the
+    validation prompts (else the calibration prompts) so that answers agree with full's (same
+    normalised first line) on at least `target_agreement` of them."""
+    from .calibration import calibrate
+
+    data, source = inputs.validation, "validation"
+    if data is None or not data.prompts:
+        data, source = inputs.calibration, "calibration (no validation prompts)"
+    prompts = list(data.prompts[:limit]) or [t[:200] for t in data.texts[:limit]]
+    f_text = generate(full, prompts, max_new_tokens=max_new_tokens)
+    p_text, conf = generate_scored(pruned, prompts, max_new_tokens=max_new_tokens)
+    agree = np.array([normalize_answer(a) == normalize_answer(b) for a, b in zip(p_text, f_text,
+                                                                                 strict=True)])
+    target = spec.serving.target_agreement
+    cal = calibrate(np.asarray(conf), agree, target)
+    return {"policy": "cascade", "confidence": "mean_logprob", "threshold": cal.threshold,
+            "target_agreement": target, "source": source, "request": "generate",
+            "max_new_tokens": max_new_tokens,
+            "validation": {"agreement": cal.agreement, "pruned_share": cal.pruned_share,
+                           "n": cal.n, "pruned_agreement": float(np.mean(agree))}}
+
+
+def normalize_answer(text: str) -> str:
+    """First non-empty line, lower-cased, inner whitespace collapsed, outer punctuation dropped."""
+    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    return re.sub(r"\s+", " ", first).strip().strip(".,;:!?\"'`*").strip().lower()
+
+
+def _task_metrics(generated: Sequence[str], answers: Sequence[str]) -> dict[str, float]:
+    pairs = [(normalize_answer(g), normalize_answer(a)) for g, a in zip(generated, answers, strict=True)]
+    return {"exact_match": float(np.mean([g == a for g, a in pairs])),
+            "accuracy": float(np.mean([bool(a) and a in g for g, a in pairs]))}
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+def evaluate_lm(tm: TaskModel, data: LMData, *, batch_size: int = 8, max_new_tokens: int = 16):
+    """Perplexity (+ generation task) of `tm` on `data` as an `evaluate.Evaluation` whose outputs
+    are the top-1 next-token ids at every real text position (for `next_token_agreement`)."""
+    from .evaluate import Evaluation
+
+    metrics: dict[str, float] = {}
+    slices: dict[str, dict[str, float]] = {}
+    top1 = np.zeros(0, dtype=np.int64)
+    row_slices = None
+    if data.texts:
+        nll, count, top1, owner = perplexity_pass(tm, data.texts, batch_size)
+        metrics["perplexity"] = _ppl(nll, count)
+        if data.slices:
+            keys = np.asarray(data.slices)
+            slices = {str(s): {"perplexity": _ppl(nll[keys == s], count[keys == s])}
+                      for s in np.unique(keys)}
+            row_slices = tuple(data.slices[i] for i in owner)
+    if data.prompts:
+        generated = generate(tm, data.prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        metrics.update(_task_metrics(generated, data.answers))
+    return Evaluation(metrics, slices, top1, row_slices, kind="lm")
+
+
+def token_agreement(pruned_top1: np.ndarray, full_top1: np.ndarray) -> dict[str, float]:
+    """Share of positions where the two models' top-1 next tokens agree."""
+    value = float(np.mean(pruned_top1 == full_top1)) if len(full_top1) else float("nan")
+    return {"next_token_agreement": value, "agreement": value}
+
+
+# -- latency ------------------------------------------------------------------------------------
+def _ids(tm: TaskModel, batch: int, seq_len: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(100, int(tm.model.config.vocab_size), (batch, seq_len), generator=g)
+
+
+@torch.inference_mode()
+def _prefill_s(tm: TaskModel, ids: torch.Tensor) -> float:
+    t0 = time.perf_counter()
+    tm.model(input_ids=ids, use_cache=False, logits_to_keep=1)
+    return time.perf_counter() - t0
+
+
+@torch.inference_mode()
+def _decode_s(tm: TaskModel, ids: torch.Tensor, steps: int) -> float:
+    """Median seconds of one cached decode step after prefilling `ids`."""
+    out = tm.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)  # (B, 1)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        out = tm.model(input_ids=nxt, past_key_values=cache, use_cache=True)
+        times.append(time.perf_counter() - t0)
+        cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    return statistics.median(times)
+
+
+def latency_lm(full: TaskModel, pruned: TaskModel, *, batch: int = 4, seq_len: int = 128,
+               decode_batch: int = 1, decode_steps: int = 16, rounds: int = 3) -> dict:
+    """Prefill and decode latency of full and pruned (p50 over alternating rounds)."""
+    ids, dec_ids = _ids(full, batch, seq_len), _ids(full, decode_batch, seq_len)
+    for tm in (full, pruned):  # warm-up
+        _prefill_s(tm, ids)
+        _decode_s(tm, dec_ids, 2)
+    pre: dict[str, list[float]] = {"full": [], "pruned": []}
+    dec: dict[str, list[float]] = {"full": [], "pruned": []}
+    for _ in range(rounds):
+        for name, tm in (("full", full), ("pruned", pruned)):
+            pre[name].append(_prefill_s(tm, ids))
+            dec[name].append(_decode_s(tm, dec_ids, decode_steps))
+    p = {k: statistics.median(v) for k, v in pre.items()}
+    d = {k: statistics.median(v) for k, v in dec.items()}
+    prefill = {"full_ms_per_token": 1e3 * p["full"] / (batch * seq_len),
+               "pruned_ms_per_token": 1e3 * p["pruned"] / (batch * seq_len),
+               "ratio": p["pruned"] / p["full"], "batch": batch, "seq_len": seq_len}
+    decode = {"full_ms_per_token": 1e3 * d["full"], "pruned_ms_per_token": 1e3 * d["pruned"],
+              "ratio": d["pruned"] / d["full"], "batch": decode_batch, "context": seq_len}
+    return {"batch": batch, "seq_len": seq_len, "full_p50_s": p["full"], "pruned_p50_s": p["pruned"],
+            "ratio": max(prefill["ratio"], decode["ratio"]), "prefill": prefill, "decode": decode}

@@ -1,0 +1,179 @@
+"""The metrics of contract 3, kept in ONE place per model so every router replica adds to the same
+counters: a named, detached Ray actor (`Stats`) owns a prometheus-client registry, the shadow
+agreement window and the fallback switch. Router replicas buffer their events (`Events`) and push
+them every `FLUSH_S` seconds, off the request path; the reply carries the shared shadow state back.
+
+Why an actor and not prometheus-client's multiprocess mode: replicas of one app run on several
+nodes (pods), and multiprocess mode only merges processes that share one local directory. The
+actor is reachable from every node, and it is also where the shadow switch must live so that all
+replicas shift to full together. /metrics is served by the actor's own HTTP port (`metricsPort`)
+and, proxied, by the router at `/metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .policy import REASONS, ShadowMonitor
+
+__all__ = ["Events", "Metrics", "Stats", "stats_actor"]
+
+log = logging.getLogger("tierserve.serving")
+FLUSH_S = 0.25
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """The contract-3 metric families on one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.requests = Counter("tierserve_requests_total", "Requests answered, by tier and reason",
+                                ["model", "tier", "reason"], registry=r)
+        self.duration = Histogram("tierserve_request_duration_seconds", "Router latency by tier",
+                                  ["model", "tier"], buckets=BUCKETS, registry=r)
+        self.escalations = Counter("tierserve_escalations_total", "Cascade escalations to full",
+                                   ["model"], registry=r)
+        self.fallbacks = Counter("tierserve_fallbacks_total", "Pruned errors/timeouts served by full",
+                                 ["model"], registry=r)
+        self.shadow = Counter("tierserve_shadow_requests_total", "Shadow comparisons made",
+                              ["model"], registry=r)
+        self.shadow_agreement = Gauge("tierserve_shadow_agreement", "Live agreement (window)",
+                                      ["model"], registry=r)
+        self.shadow_active = Gauge("tierserve_shadow_fallback_active", "1: all traffic on full",
+                                   ["model"], registry=r)
+        self.gate = Gauge("tierserve_agreement_gate", "The agreement target", ["model"], registry=r)
+        self.cost = Counter("tierserve_cost_usd_total", "Estimated cost", ["model", "tier"],
+                            registry=r)
+        self.counterfactual = Counter("tierserve_counterfactual_cost_usd_total",
+                                      "Estimated cost had full served everything", ["model"],
+                                      registry=r)
+        self.savings = Gauge("tierserve_savings_usd_total", "counterfactual - cost (can dip "
+                             "below 0 with escalations, hence a gauge)", ["model"], registry=r)
+        self.pruned_share = Gauge("tierserve_pruned_share", "Share of requests answered by pruned",
+                                  ["model"], registry=r)
+        self.tier_up = Gauge("tierserve_tier_up", "1 when the tier answers health checks",
+                             ["model", "tier"], registry=r)
+
+
+@dataclass
+class Events:
+    """What one router replica saw since its last push (plain data, cheap to send)."""
+
+    requests: dict[tuple[str, str], int] = field(default_factory=dict)  # (tier, reason) -> n
+    durations: list[tuple[str, float]] = field(default_factory=list)  # (tier, seconds)
+    escalations: int = 0
+    fallbacks: int = 0
+    shadow: list[bool] = field(default_factory=list)  # agreement of each comparison
+    cost: dict[str, float] = field(default_factory=dict)  # tier -> USD
+    counterfactual: float = 0.0
+    tier_up: dict[str, bool] = field(default_factory=dict)
+
+    def request(self, tier: str, reason: str, seconds: float) -> None:
+        self.requests[(tier, reason)] = self.requests.get((tier, reason), 0) + 1
+        self.durations.append((tier, seconds))
+
+    def spend(self, by_tier: dict[str, float], counterfactual: float) -> None:
+        for tier, usd in by_tier.items():
+            self.cost[tier] = self.cost.get(tier, 0.0) + usd
+        self.counterfactual += counterfactual
+
+    def empty(self) -> bool:
+        return not (self.requests or self.shadow or self.cost or self.tier_up
+                    or self.escalations or self.fallbacks)
+
+
+class Stats:
+    """Body of the per-model stats actor (wrapped by `stats_actor`)."""
+
+    def __init__(self, model: str, gate: float, window: int, hysteresis: float) -> None:
+        self.model, self.registry = model, CollectorRegistry()
+        self.m = Metrics(self.registry)
+        self.monitor = ShadowMonitor(gate, window, hysteresis)
+        self.m.gate.labels(model).set(gate)
+        self._zeros(model)
+        self.served = {"full": 0, "pruned": 0}
+        self.spent, self.would = 0.0, 0.0
+        self.port: int | None = None
+
+    def _zeros(self, model: str) -> None:
+        """Create every labelled series at 0, so dashboards and rate() see them from the start."""
+        m = self.m
+        for tier in ("full", "pruned"):
+            for reason in REASONS:
+                m.requests.labels(model, tier, reason)
+            m.duration.labels(model, tier)
+            m.cost.labels(model, tier)
+        for metric in (m.escalations, m.fallbacks, m.shadow, m.counterfactual):
+            metric.labels(model)
+        for gauge in (m.shadow_active, m.savings, m.pruned_share):
+            gauge.labels(model).set(0)
+
+    def push(self, ev: Events) -> dict:
+        """Apply one replica's events; returns the shared state the router acts on."""
+        m, name = self.m, self.model
+        for (tier, reason), n in ev.requests.items():
+            m.requests.labels(name, tier, reason).inc(n)
+            self.served[tier] += n
+        for tier, s in ev.durations:
+            m.duration.labels(name, tier).observe(s)
+        m.escalations.labels(name).inc(ev.escalations)
+        m.fallbacks.labels(name).inc(ev.fallbacks)
+        for tier, usd in ev.cost.items():
+            m.cost.labels(name, tier).inc(usd)
+            self.spent += usd
+        m.counterfactual.labels(name).inc(ev.counterfactual)
+        self.would += ev.counterfactual
+        m.savings.labels(name).set(self.would - self.spent)
+        total = sum(self.served.values())
+        if total:
+            m.pruned_share.labels(name).set(self.served["pruned"] / total)
+        for tier, up in ev.tier_up.items():
+            m.tier_up.labels(name, tier).set(1 if up else 0)
+        self._shadow(ev.shadow)
+        return self.state()
+
+    def _shadow(self, outcomes: list[bool]) -> None:
+        for agree in outcomes:
+            self.m.shadow.labels(self.model).inc()
+            change = self.monitor.record(agree)
+            if change is not None:
+                log.warning("tierserve %s: shadow fallback %s (window agreement %.4f, gate %.4f)",
+                            self.model, change, self.monitor.last, self.monitor.gate)
+                self.m.shadow_active.labels(self.model).set(1 if self.monitor.active else 0)
+        if self.monitor.agreement is not None:
+            self.m.shadow_agreement.labels(self.model).set(self.monitor.agreement)
+
+    def state(self) -> dict:
+        return {"shadow_fallback_active": self.monitor.active,
+                "shadow_agreement": self.monitor.agreement, "shadow_samples": self.monitor.total}
+
+    def totals(self) -> dict:
+        """Running totals for summaries: requests per tier, USD spent, all-full USD, savings."""
+        return {"served": dict(self.served), "cost_usd": self.spent,
+                "counterfactual_usd": self.would, "savings_usd": self.would - self.spent,
+                **self.state()}
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def serve_http(self, port: int) -> int:
+        """Start the /metrics HTTP server once; returns the port it listens on."""
+        if self.port is None:
+            from prometheus_client import start_http_server
+
+            start_http_server(port, addr="0.0.0.0", registry=self.registry)
+            self.port = port
+        return self.port
+
+
+def stats_actor(model: str, gate: float, window: int, hysteresis: float):
+    """The model's stats actor, created on first use and shared by every router replica."""
+    import ray
+
+    cls = ray.remote(num_cpus=0, max_restarts=-1)(Stats)
+    return cls.options(name=f"tierserve-stats-{model}", namespace="tierserve", get_if_exists=True,
+                       lifetime="detached").remote(model, gate, window, hysteresis)

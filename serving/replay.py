@@ -1,0 +1,100 @@
+"""Turn an evaluation set into router traffic, and routed answers into a summary. Pure.
+
+Retrieval data (embedding / rerank tasks) becomes `/v1/rerank` requests (similarity pairs too:
+each first text against its own second text and the nearest others): each query with
+`RERANK_CANDIDATES` documents (its judged ones plus the nearest by word overlap, the same shape
+the job calibrated the cascade on), shuffled deterministically so the relevant one is not always
+first. Classification data becomes one-text `/v1/classify` requests.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+
+from tierserve.pruning.calibration import rerank_candidates
+from tierserve.pruning.data import RetrievalData
+
+__all__ = ["Outcome", "ReplayRequest", "replay_requests", "summarize"]
+
+
+@dataclass(frozen=True)
+class ReplayRequest:
+    endpoint: str  # "rerank" | "classify"
+    body: dict
+    label: int  # index of the relevant document / the true class
+
+
+@dataclass(frozen=True)
+class Outcome:
+    tier: str
+    reason: str
+    seconds: float  # client-side latency
+    answer: int  # top-1 document index / predicted class
+    reference: int  # what full alone answers
+
+
+def replay_requests(data, n: int | None = None, seed: int = 0) -> list[ReplayRequest]:
+    if isinstance(data, RetrievalData):
+        return _rerank(data, n, seed)
+    if hasattr(data, "pairs"):  # similarity pairs: each first text against the second texts
+        return _pairs(data, n, seed)
+    rows = range(len(data.texts) if n is None else min(n, len(data.texts)))
+    return [ReplayRequest("classify", {"texts": [data.texts[i]]}, data.labels[i]) for i in rows]
+
+
+def _rerank(data: RetrievalData, n: int | None, seed: int) -> list[ReplayRequest]:
+    q = len(data.query_ids) if n is None else min(n, len(data.query_ids))
+    col = {d: j for j, d in enumerate(data.doc_ids)}
+    judged = [[col[d] for d in data.qrels[qid]] for qid in data.query_ids[:q]]
+    cands = rerank_candidates(data.queries[:q], data.corpus, judged)
+    rng = random.Random(seed)
+    out = []
+    for i, c in enumerate(cands):
+        order = list(c)
+        rng.shuffle(order)
+        best = max(judged[i], key=lambda j: data.qrels[data.query_ids[i]][data.doc_ids[j]])
+        out.append(ReplayRequest("rerank", {"query": data.queries[i],
+                                            "documents": [data.corpus[j] for j in order]},
+                                 order.index(best)))
+    return out
+
+
+def _pairs(data, n: int | None, seed: int) -> list[ReplayRequest]:
+    q = len(data.texts) if n is None else min(n, len(data.texts))
+    cands = rerank_candidates(data.texts[:q], data.pairs, [[i] for i in range(q)])
+    rng, out = random.Random(seed), []
+    for i, c in enumerate(cands):
+        order = list(c)
+        rng.shuffle(order)
+        out.append(ReplayRequest("rerank", {"query": data.texts[i],
+                                            "documents": [data.pairs[j] for j in order]},
+                                 order.index(i)))
+    return out
+
+
+def _pct(xs: list[float], p: float) -> float | None:
+    return float(np.percentile(xs, p)) if xs else None
+
+
+def summarize(outcomes: list[Outcome], labels: list[int]) -> dict:
+    """Per tier: share and p50/p95 latency; overall: accuracy vs labels and agreement with full."""
+    n = len(outcomes)
+    tiers = {}
+    for tier in ("pruned", "full"):
+        secs = [o.seconds for o in outcomes if o.tier == tier]
+        tiers[tier] = {"requests": len(secs), "share": len(secs) / n if n else 0.0,
+                       "p50_s": _pct(secs, 50), "p95_s": _pct(secs, 95)}
+    reasons: dict[str, int] = {}
+    for o in outcomes:
+        reasons[o.reason] = reasons.get(o.reason, 0) + 1
+    answers = np.array([o.answer for o in outcomes])
+    refs, lab = np.array([o.reference for o in outcomes]), np.array(labels)
+    return {"requests": n, "tiers": tiers, "reasons": reasons,
+            "p50_s": _pct([o.seconds for o in outcomes], 50),
+            "p95_s": _pct([o.seconds for o in outcomes], 95),
+            "accuracy": float(np.mean(answers == lab)) if n else None,
+            "full_accuracy": float(np.mean(refs == lab)) if n else None,
+            "agreement": float(np.mean(answers == refs)) if n else None}
