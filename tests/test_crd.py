@@ -99,3 +99,14 @@ def test_apiserver_accepts_crd_and_serves_printer_columns(control_plane, namespa
     res = control_plane.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(bad),
                                 check=False)
     assert res.returncode != 0 and "spec.pruning.budget.target" in res.stderr
+
+
+def test_readme_manifest_is_a_valid_spec(repo_root):
+    import re
+
+    from tierserve.pruning.spec import parse_spec
+
+    text = (repo_root / "README.md").read_text()
+    doc = yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, re.S).group(1))
+    spec = parse_spec(doc)
+    assert spec.serving.policy == "cascade" and spec.serving.pruned.max_replicas == 8
