@@ -20,7 +20,7 @@ from .quality import judge, latency_pair
 from .search import search_max_sparsity
 from .spec import PrunedModelSpec, SpecError
 from .structure import Budget
-from .tasks import TaskModel, load_task_model
+from .tasks import Task, TaskModel, load_task_model
 
 __all__ = ["calibration_examples", "prune_config", "run_pipeline"]
 
@@ -30,8 +30,11 @@ def prune_config(spec: PrunedModelSpec) -> PruneConfig:
     budget = Budget(kind=p.budget.kind, target=p.budget.target, seq_len=p.budget.seq_len,
                     batch=p.budget.batch, multiple=p.multiple,
                     structures=tuple(s.value for s in p.structures))
+    # A causal LM's outputs are (tokens, vocab) logits: 32 x seqLen x 49k floats would not fit.
+    batch = 4 if spec.model.task is Task.text_generation else 32
     return PruneConfig(criterion=p.criterion.value, budget=budget, target=spec.data.labels,
-                       rescale=r.rescale, distill_steps=r.distill_steps, rounds=r.rounds)
+                       rescale=r.rescale, distill_steps=r.distill_steps, rounds=r.rounds,
+                       batch_size=batch)
 
 
 def calibration_examples(data: Dataset, n: int) -> tuple[list, list | None]:
