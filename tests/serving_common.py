@@ -17,6 +17,10 @@ def serve_url(ray_cluster):
     from ray import serve
 
     ray_cluster.connect()
+    # A Serve instance left by an earlier module (e.g. the operator's, started through the REST
+    # API) keeps its own HTTP port and would ignore ours: start from a clean Serve.
+    with contextlib.suppress(Exception):
+        serve.shutdown()
     port = free_ports(1)[0]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
