@@ -22,15 +22,20 @@ class DecoderAdapter(EncoderAdapter):
 
     causal = True
     embedding_names: tuple[str, ...] = ()  # backbone attributes holding the input embeddings
+    attention_name: str = ""  # each block's attribute holding its attention module
 
     @property
     def embeddings(self) -> nn.Module:
         mods = [getattr(self.backbone, n) for n in self.embedding_names]
         return mods[0] if len(mods) == 1 else nn.ModuleList(mods)
 
+    @property
+    def head_dim(self) -> int:
+        return int(self.attention(0).head_dim)
+
     def attention(self, i: int) -> nn.Module:
-        """Layer i's attention module (holds `layer_idx`)."""
-        raise NotImplementedError
+        """Layer i's attention module (holds `layer_idx` and `head_dim`)."""
+        return getattr(self.layers[i], self.attention_name)
 
     def keep_layers(self, keep: list[int]) -> None:
         before = self.num_layers

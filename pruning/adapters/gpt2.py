@@ -68,6 +68,7 @@ class GPT2Adapter(DecoderAdapter):
     model_types = ("gpt2",)
     layer_list_path = ("h",)
     embedding_names = ("wte", "wpe")
+    attention_name = "attn"
 
     def __init__(self, model: nn.Module) -> None:
         if getattr(model.config, "add_cross_attention", False):
@@ -78,13 +79,6 @@ class GPT2Adapter(DecoderAdapter):
             for block in blocks:
                 _convert_block(block)
         super().__init__(model)
-
-    @property
-    def head_dim(self) -> int:
-        return int(self.layers[0].attn.head_dim)
-
-    def attention(self, i: int) -> nn.Module:
-        return self.layers[i].attn
 
     def handles(self, i: int) -> LayerHandles:
         layer = self.layers[i]

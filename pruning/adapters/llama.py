@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-from torch import nn
-
 from ..surgery import head_columns, slice_linear_
 from .base import LayerHandles
 from .common import _check_keep
@@ -47,13 +45,7 @@ class LlamaAdapter(DecoderAdapter):
     model_types = ("llama", "mistral", "qwen2")
     layer_list_path = ("layers",)
     embedding_names = ("embed_tokens",)
-
-    @property
-    def head_dim(self) -> int:
-        return int(self.layers[0].self_attn.head_dim)
-
-    def attention(self, i: int) -> nn.Module:
-        return self.layers[i].self_attn
+    attention_name = "self_attn"
 
     def handles(self, i: int) -> LayerHandles:
         layer = self.layers[i]
