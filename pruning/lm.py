@@ -25,8 +25,9 @@ from __future__ import annotations
 import math
 import re
 import statistics
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,8 @@ import torch.nn.functional as F
 
 from .tasks import TaskModel
 
-__all__ = ["LMData", "calibration_lm", "evaluate_lm", "generate", "generate_scored", "latency_lm", "load_lm_data", "normalize_answer",
+__all__ = ["Generation", "LMData", "calibration_lm", "evaluate_lm", "generate", "generate_batch",
+           "generate_scored", "generate_stream", "latency_lm", "load_lm_data", "normalize_answer",
            "perplexity_pass"]
 
 
@@ -124,27 +126,88 @@ def _prompt_ids(tm: TaskModel, prompts: Sequence[str], chat: bool) -> dict[str, 
         tok.padding_side = side
 
 
-@torch.inference_mode()
-def generate_scored(tm: TaskModel, prompts: Sequence[str], *, max_new_tokens: int = 16,
-                    batch_size: int = 8, chat: bool = True) -> tuple[list[str], list[float]]:
-    """Greedy continuations of `prompts` (chat template applied when the tokenizer has one) and
-    each one's mean token log-probability under `tm` (up to and including its EOS)."""
-    texts: list[str] = []
-    scores: list[float] = []
+@dataclass(frozen=True)
+class Generation:
+    """One greedy answer: its text, mean token log-probability (up to and including its EOS),
+    and token counts (prompt as the model saw it, chat template included; answer tokens)."""
+
+    text: str
+    mean_logprob: float
+    prompt_tokens: int
+    tokens: int
+
+
+def _generate_kwargs(tm: TaskModel, max_new_tokens: int) -> dict:
+    return {"max_new_tokens": max_new_tokens, "do_sample": False,
+            "pad_token_id": tm.processor.pad_token_id, "output_logits": True,
+            "return_dict_in_generate": True}
+
+
+def _score(tm: TaskModel, enc: dict, out) -> list[Generation]:
+    """Generations from `model.generate(..., output_logits=True, return_dict_in_generate=True)`."""
     eos = tm.processor.eos_token_id
+    new = out.sequences[:, enc["input_ids"].shape[1]:]  # (B, n)
+    logp = torch.stack([F.log_softmax(x.float(), -1) for x in out.logits], 1)  # (B, n, V)
+    chosen = logp.gather(-1, new[..., None])[..., 0]  # (B, n)
+    done = torch.cumsum((new == eos).int(), 1) - (new == eos).int()  # tokens after an EOS
+    live = (done == 0).float()  # (B, n): answer tokens, its EOS included
+    scores = ((chosen * live).sum(1) / live.sum(1).clamp(min=1)).tolist()
+    texts = tm.processor.batch_decode(new, skip_special_tokens=True)
+    prompt = enc["attention_mask"].sum(1).tolist()
+    return [Generation(t, float(s), int(p), int(n)) for t, s, p, n in
+            zip(texts, scores, prompt, live.sum(1).tolist(), strict=True)]
+
+
+@torch.inference_mode()
+def generate_batch(tm: TaskModel, prompts: Sequence[str], *, max_new_tokens: int = 16,
+                   batch_size: int = 8, chat: bool = True) -> list[Generation]:
+    """Greedy continuations of `prompts` (chat template applied when the tokenizer has one),
+    `batch_size` prompts per `generate` call (left-padded)."""
+    gens: list[Generation] = []
     for start in range(0, len(prompts), batch_size):
         enc = _prompt_ids(tm, prompts[start:start + batch_size], chat)
-        out = tm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=tm.processor.pad_token_id, output_logits=True,
-                                return_dict_in_generate=True)
-        new = out.sequences[:, enc["input_ids"].shape[1]:]  # (B, n)
-        logp = torch.stack([F.log_softmax(x.float(), -1) for x in out.logits], 1)  # (B, n, V)
-        chosen = logp.gather(-1, new[..., None])[..., 0]  # (B, n)
-        done = torch.cumsum((new == eos).int(), 1) - (new == eos).int()  # tokens after an EOS
-        live = (done == 0).float()  # (B, n)
-        scores.extend(((chosen * live).sum(1) / live.sum(1).clamp(min=1)).tolist())
-        texts.extend(tm.processor.batch_decode(new, skip_special_tokens=True))
-    return texts, scores
+        out = tm.model.generate(**enc, **_generate_kwargs(tm, max_new_tokens))
+        gens.extend(_score(tm, enc, out))
+    return gens
+
+
+def generate_scored(tm: TaskModel, prompts: Sequence[str], *, max_new_tokens: int = 16,
+                    batch_size: int = 8, chat: bool = True) -> tuple[list[str], list[float]]:
+    """Greedy continuations of `prompts` and each one's mean token log-probability."""
+    gens = generate_batch(tm, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                          chat=chat)
+    return [g.text for g in gens], [g.mean_logprob for g in gens]
+
+
+def generate_stream(tm: TaskModel, prompt: str, *, max_new_tokens: int = 16,
+                    chat: bool = True) -> Iterator[str | Generation]:
+    """Greedy generation of one prompt streamed as decoded text pieces (transformers'
+    `TextIteratorStreamer`), then the whole `Generation` (scored as `generate_batch` does) as the
+    last item. The pieces join to exactly the text of `generate_batch` for the same prompt."""
+    from transformers import TextIteratorStreamer
+
+    enc = _prompt_ids(tm, [prompt], chat)
+    streamer = TextIteratorStreamer(tm.processor, skip_prompt=True, skip_special_tokens=True)
+    result: dict = {}
+
+    @torch.inference_mode()
+    def work() -> None:
+        try:
+            result["out"] = tm.model.generate(**enc, **_generate_kwargs(tm, max_new_tokens),
+                                              streamer=streamer)
+        except BaseException as err:  # re-raised in the caller's thread
+            result["error"] = err
+            streamer.end()
+
+    worker = threading.Thread(target=work, daemon=True, name="tierserve-generate")
+    worker.start()
+    try:
+        yield from (piece for piece in streamer if piece)
+    finally:
+        worker.join()
+    if "error" in result:
+        raise result["error"]
+    yield _score(tm, enc, result["out"])[0]
 
 
 def generate(tm: TaskModel, prompts: Sequence[str], *, max_new_tokens: int = 16,

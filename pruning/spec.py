@@ -187,6 +187,8 @@ class CostSpec(_Model):
     usd_per_replica_hour_pruned: float = Field(0.0, ge=0.0)
     usd_per_request_full: float = Field(0.0, ge=0.0)
     usd_per_request_pruned: float = Field(0.0, ge=0.0)
+    usd_per_million_tokens_full: float = Field(0.0, ge=0.0, description="Per million tokens processed (input + output)")
+    usd_per_million_tokens_pruned: float = Field(0.0, ge=0.0, description="Per million tokens processed (input + output)")
 
 
 class PrunedModelSpec(_Model):

@@ -1,9 +1,11 @@
 """Cost accounting for served requests, pure: what a request cost, and what all-full would have cost.
 
 A request's cost on a tier = the tier's price per request + its price per replica-hour times the
-replica time the request used (its token share of the batch forward pass, measured in the tier).
+replica time the request used (its token share of the batch forward pass, measured in the tier)
++ its price per million tokens times the tokens the tier processed (input + generated).
 The counterfactual is the same request served by full alone: full's own compute time when full
-ran, else pruned's compute time divided by the job's measured pruned/full latency ratio.
+ran, else pruned's compute time divided by the job's measured pruned/full latency ratio; and the
+tokens of the tier that answered.
 Escalated cascade requests pay for both tiers, so their savings are negative, as they really are.
 
 When the spec gives no prices, both tiers are priced at $1 per replica-hour (`assumed=True`):
@@ -25,23 +27,28 @@ class CostModel:
     per_request_pruned: float
     per_hour_full: float
     per_hour_pruned: float
+    per_mtok_full: float
+    per_mtok_pruned: float
     latency_ratio: float  # pruned p50 / full p50, from the job's report
     assumed: bool = False
 
     @classmethod
     def from_spec(cls, cost, latency_ratio: float | None) -> CostModel:
         prices = (cost.usd_per_request_full, cost.usd_per_request_pruned,
-                  cost.usd_per_replica_hour_full, cost.usd_per_replica_hour_pruned)
+                  cost.usd_per_replica_hour_full, cost.usd_per_replica_hour_pruned,
+                  cost.usd_per_million_tokens_full, cost.usd_per_million_tokens_pruned)
         ratio = float(latency_ratio) if latency_ratio else 1.0
         if not any(prices):
             h = ASSUMED_USD_PER_REPLICA_HOUR
-            return cls(0.0, 0.0, h, h, ratio, assumed=True)
+            return cls(0.0, 0.0, h, h, 0.0, 0.0, ratio, assumed=True)
         return cls(*prices, ratio)
 
-    def tier_cost(self, tier: str, compute_s: float) -> float:
+    def tier_cost(self, tier: str, compute_s: float, tokens: int = 0) -> float:
         if tier == "full":
-            return self.per_request_full + self.per_hour_full * compute_s / 3600.0
-        return self.per_request_pruned + self.per_hour_pruned * compute_s / 3600.0
+            return (self.per_request_full + self.per_hour_full * compute_s / 3600.0
+                    + self.per_mtok_full * tokens / 1e6)
+        return (self.per_request_pruned + self.per_hour_pruned * compute_s / 3600.0
+                + self.per_mtok_pruned * tokens / 1e6)
 
     def full_equivalent_s(self, tier: str, compute_s: float) -> float:
         return compute_s if tier == "full" else compute_s / self.latency_ratio
@@ -61,9 +68,13 @@ class RequestCost:
         return self.counterfactual - self.total
 
 
-def request_cost(model: CostModel, compute: dict[str, float]) -> RequestCost:
-    """`compute`: tier -> seconds of replica time this request used (shadow calls included)."""
-    by_tier = {t: model.tier_cost(t, s) for t, s in compute.items()}
+def request_cost(model: CostModel, compute: dict[str, float],
+                 tokens: dict[str, int] | None = None) -> RequestCost:
+    """`compute`: tier -> seconds of replica time this request used (shadow calls included);
+    `tokens`: tier -> tokens it processed there."""
+    tokens = tokens or {}
+    by_tier = {t: model.tier_cost(t, s, tokens.get(t, 0)) for t, s in compute.items()}
     full_s = compute["full"] if "full" in compute else model.full_equivalent_s(
         "pruned", compute.get("pruned", 0.0))
-    return RequestCost(by_tier, model.tier_cost("full", full_s))
+    full_tokens = tokens.get("full", tokens.get("pruned", 0))
+    return RequestCost(by_tier, model.tier_cost("full", full_s, full_tokens))

@@ -1,89 +1,86 @@
-"""`/v1/generate` for decoder-LM tiers: the request/response models, what a tier does for
-op="generate" (whole answer, or streamed text pieces), the cascade rule and token-counted cost.
+"""`/v1/generate` for decoder-LM tiers: request/response models, what a tier does for
+op="generate" (whole answers, batched; or one answer streamed), and Server-Sent Events framing.
 
-Not mounted yet: the router and the Tier deployment (router.py, tier.py) belong to the serving
-part. How they would use this module:
+A tier's reply to a generate request carries `text`, `tokens` (answer tokens, its EOS included),
+`prompt_tokens` (chat template included), `mean_logprob` (the cascade's confidence, computed as
+the job's calibration computes it: `pruning.lm.generate_batch`) and `compute_s` (replica seconds
+the request used: its token share of a batched `generate` call, or the whole call when alone).
 
-- Tier, in `infer` / `_forward`: for `{"op": "generate", ...}` requests call
-  `generate_reply(self.tm, req, self.tier)`; for streaming, a Serve generator method yields from
-  `stream_pieces(self.tm, req)` (called through a handle with `.options(stream=True)`).
-- Router: `@api.post("/v1/generate")` takes a `GenerateRequest`; `choose_tier` decides as for the
-  other endpoints (split and rules apply unchanged); with the cascade policy it asks pruned
-  first and calls `should_escalate(reply, threshold)` with the threshold from the job's
-  report (`calibration.threshold`, confidence `mean_logprob`, see pruning/lm.py); an escalated
-  request is answered by full. `stream: true` returns a `StreamingResponse` of the pruned or
-  full tier's pieces (a streamed request cannot be escalated after its first piece, so the
-  cascade applies to non-streamed requests only). Cost: `token_compute_s(reply)` gives the
-  replica seconds to price with `cost.request_cost`, and `reply["tokens"]` feeds a tokens counter.
+Streaming (`stream: true`) answers `text/event-stream`: one `data: {"text": piece}` event per
+decoded piece, then a last `data: {"done": true, ...}` event with the routing decision, token
+counts and mean log-probability. The tier and reason are also HTTP headers
+(`x-tierserve-tier`, `x-tierserve-reason`), sent before the first piece.
 """
 
 from __future__ import annotations
 
-import threading
+import json
 import time
 from collections.abc import Iterator
 
 from pydantic import BaseModel, Field
 
-__all__ = ["GenerateRequest", "GenerateResponse", "generate_reply", "should_escalate",
-           "stream_pieces", "token_compute_s"]
+__all__ = ["GenerateRequest", "GenerateResponse", "generate_replies", "sse", "stream_reply"]
 
 
 class GenerateRequest(BaseModel):
     prompt: str = Field(min_length=1, description="User message (the chat template is applied)")
-    max_new_tokens: int = Field(32, ge=1, le=512)
-    stream: bool = Field(False, description="Stream text pieces as they are generated")
+    max_new_tokens: int = Field(32, ge=1, le=512, description="Most tokens to generate")
+    stream: bool = Field(False, description="Stream text pieces as Server-Sent Events")
 
 
 class GenerateResponse(BaseModel):
+    model: str
+    tier: str = Field(description="full | pruned: the tier that answered")
+    reason: str = Field(description="split | cascade_confident | cascade_escalated | rule | "
+                        "fallback | shadow_fallback")
+    confidence: float | None = Field(None, description="cascade: pruned's mean token log-prob")
     text: str
-    tier: str
-    reason: str
-    tokens: int = Field(description="Generated tokens (what cost metrics count)")
+    tokens: int = Field(description="Generated tokens (counted by the token cost metrics)")
     prompt_tokens: int
     mean_logprob: float = Field(description="Mean token log-probability of the answer")
 
 
-def generate_reply(tm, req: dict, tier: str) -> dict:
-    """One greedy answer with its mean token log-probability and the replica time it took."""
-    from tierserve.pruning.lm import _prompt_ids, generate_scored
+def _reply(gen, tier: str, compute_s: float) -> dict:
+    return {"tier": tier, "text": gen.text, "outputs": gen.text, "tokens": gen.tokens,
+            "input_tokens": gen.prompt_tokens, "output_tokens": gen.tokens,
+            "prompt_tokens": gen.prompt_tokens, "mean_logprob": gen.mean_logprob,
+            "compute_s": compute_s}
+
+
+def generate_replies(tm, reqs: list[dict], tier: str) -> list[dict]:
+    """Answer a batch of generate requests: one left-padded `generate` call per distinct
+    `max_new_tokens`; each reply's `compute_s` is its token share of that call."""
+    from tierserve.pruning.lm import generate_batch
+
+    replies: list[dict | None] = [None] * len(reqs)
+    groups: dict[int, list[int]] = {}
+    for i, r in enumerate(reqs):
+        groups.setdefault(int(r["max_new_tokens"]), []).append(i)
+    for max_new, idx in groups.items():
+        t0 = time.perf_counter()
+        gens = generate_batch(tm, [reqs[i]["texts"][0] for i in idx], max_new_tokens=max_new,
+                              batch_size=len(idx))
+        seconds = time.perf_counter() - t0
+        total = sum(g.prompt_tokens + g.tokens for g in gens)
+        for i, g in zip(idx, gens, strict=True):
+            replies[i] = _reply(g, tier, seconds * (g.prompt_tokens + g.tokens) / max(total, 1))
+    return replies  # type: ignore[return-value]
+
+
+def stream_reply(tm, req: dict, tier: str) -> Iterator[dict]:
+    """One generate request, streamed: {"text": piece} items, then the whole reply with
+    `"done": True` (the same fields as `generate_replies` gives)."""
+    from tierserve.pruning.lm import Generation, generate_stream
 
     t0 = time.perf_counter()
-    texts, scores = generate_scored(tm, [req["prompt"]], max_new_tokens=req["max_new_tokens"],
-                                    batch_size=1)
-    seconds = time.perf_counter() - t0
-    prompt_tokens = int(_prompt_ids(tm, [req["prompt"]], True)["input_ids"].shape[1])
-    tokens = len(tm.processor(texts[0], add_special_tokens=False)["input_ids"])
-    return {"text": texts[0], "tier": tier, "tokens": max(tokens, 1),
-            "prompt_tokens": prompt_tokens, "mean_logprob": float(scores[0]),
-            "compute_s": seconds}
+    for item in generate_stream(tm, req["texts"][0], max_new_tokens=int(req["max_new_tokens"])):
+        if isinstance(item, Generation):
+            yield {**_reply(item, tier, time.perf_counter() - t0), "done": True}
+        else:
+            yield {"text": item}
 
 
-def stream_pieces(tm, req: dict) -> Iterator[str]:
-    """Greedy generation streamed as decoded text pieces (transformers' TextIteratorStreamer)."""
-    from transformers import TextIteratorStreamer
-
-    from tierserve.pruning.lm import _prompt_ids
-
-    enc = _prompt_ids(tm, [req["prompt"]], True)
-    streamer = TextIteratorStreamer(tm.processor, skip_prompt=True, skip_special_tokens=True)
-    kwargs = {**enc, "max_new_tokens": req["max_new_tokens"], "do_sample": False,
-              "pad_token_id": tm.processor.pad_token_id, "streamer": streamer}
-    worker = threading.Thread(target=tm.model.generate, kwargs=kwargs, daemon=True)
-    worker.start()
-    try:
-        yield from (piece for piece in streamer if piece)
-    finally:
-        worker.join()
-
-
-def should_escalate(reply: dict, threshold: float | None) -> bool:
-    """Cascade: escalate when pruned's mean token log-probability is below the threshold."""
-    from .policy import escalate
-
-    return threshold is not None and escalate(float(reply["mean_logprob"]), float(threshold))
-
-
-def token_compute_s(reply: dict) -> float:
-    """Replica seconds a reply used (priced per replica-hour by `cost.request_cost`)."""
-    return float(reply.get("compute_s", 0.0))
+def sse(payload: dict) -> bytes:
+    """One Server-Sent Event carrying `payload` as JSON."""
+    return f"data: {json.dumps(payload)}\n\n".encode()

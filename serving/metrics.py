@@ -23,6 +23,7 @@ __all__ = ["Events", "Metrics", "Stats", "stats_actor"]
 
 log = logging.getLogger("tierserve.serving")
 FLUSH_S = 0.25
+TOKEN_KINDS = ("input", "output")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -57,6 +58,9 @@ class Metrics:
                                   ["model"], registry=r)
         self.tier_up = Gauge("tierserve_tier_up", "1 when the tier answers health checks",
                              ["model", "tier"], registry=r)
+        self.tokens = Counter("tierserve_tokens_total", "Tokens processed: kind=input (prompts, "
+                              "texts) or output (generated)", ["model", "tier", "kind"],
+                              registry=r)
 
 
 @dataclass
@@ -71,6 +75,14 @@ class Events:
     cost: dict[str, float] = field(default_factory=dict)  # tier -> USD
     counterfactual: float = 0.0
     tier_up: dict[str, bool] = field(default_factory=dict)
+    tokens: dict[tuple[str, str], int] = field(default_factory=dict)  # (tier, kind) -> n
+
+    def count_tokens(self, tier: str, reply: dict) -> None:
+        """Tokens a tier processed for one reply (its `input_tokens` / `output_tokens`)."""
+        for kind in TOKEN_KINDS:
+            n = int(reply.get(f"{kind}_tokens", 0))
+            if n:
+                self.tokens[(tier, kind)] = self.tokens.get((tier, kind), 0) + n
 
     def request(self, tier: str, reason: str, seconds: float) -> None:
         self.requests[(tier, reason)] = self.requests.get((tier, reason), 0) + 1
@@ -82,7 +94,7 @@ class Events:
         self.counterfactual += counterfactual
 
     def empty(self) -> bool:
-        return not (self.requests or self.shadow or self.cost or self.tier_up
+        return not (self.requests or self.shadow or self.cost or self.tier_up or self.tokens
                     or self.escalations or self.fallbacks)
 
 
@@ -107,6 +119,8 @@ class Stats:
                 m.requests.labels(model, tier, reason)
             m.duration.labels(model, tier)
             m.cost.labels(model, tier)
+            for kind in TOKEN_KINDS:
+                m.tokens.labels(model, tier, kind)
         for metric in (m.escalations, m.fallbacks, m.shadow, m.counterfactual):
             metric.labels(model)
         for gauge in (m.shadow_active, m.savings, m.pruned_share):
@@ -131,6 +145,8 @@ class Stats:
         total = sum(self.served.values())
         if total:
             m.pruned_share.labels(name).set(self.served["pruned"] / total)
+        for (tier, kind), n in ev.tokens.items():
+            m.tokens.labels(name, tier, kind).inc(n)
         for tier, up in ev.tier_up.items():
             m.tier_up.labels(name, tier).set(1 if up else 0)
         self._shadow(ev.shadow)

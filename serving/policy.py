@@ -135,7 +135,11 @@ def escalate(conf: float, threshold: float) -> bool:
 
 def outputs_agree(endpoint: str, pruned, full) -> list[bool]:
     """Per item: does pruned pick what full picks? rerank: the same best document; classify: the
-    same label. (embed has no discrete answer and is not shadowed.)"""
+    same label; generate: the same answer. (embed has no discrete answer and is not shadowed.)"""
+    if endpoint == "generate":  # the same answer (first line, normalised as the job compares)
+        from tierserve.pruning.lm import normalize_answer
+
+        return [normalize_answer(pruned) == normalize_answer(full)]
     p, f = np.asarray(pruned, dtype=np.float64), np.asarray(full, dtype=np.float64)
     if endpoint == "rerank":
         return [int(np.argmax(p)) == int(np.argmax(f))]

@@ -5,6 +5,12 @@ on a pruned error or timeout, ask full (`fallback`) -> answer, naming the tier a
 record metrics and cost in a local buffer that a background task pushes to the stats actor.
 Shadow comparisons run as background tasks, never on the response path.
 
+`/v1/generate` (decoder LMs) routes the same way; its cascade confidence is the pruned answer's
+mean token log-probability. A streamed request is decided before its first byte: under cascade
+the pruned answer is generated whole and judged, then sent as one piece when confident, while an
+escalated (or full-routed) request streams full's pieces as they are decoded; a split or rule
+request streams its tier live, falling back to full when pruned fails before its first piece.
+
 (No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at
 runtime, in a replica that receives this class by value.)
 """
@@ -17,6 +23,7 @@ import time
 
 import numpy as np
 from fastapi import HTTPException, Request, Response
+from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 
@@ -32,6 +39,7 @@ from .api import (
     api,
 )
 from .cost import CostModel, request_cost
+from .generate import GenerateRequest, GenerateResponse, sse
 from .metrics import FLUSH_S, Events, stats_actor
 from .policy import (
     FULL,
@@ -51,7 +59,8 @@ log = logging.getLogger("tierserve.serving")
 HEALTH_EVERY = 8  # flushes between tier health checks
 SHADOW_TIMEOUT_S = 120.0  # a shadow call may queue behind real traffic; it only bounds the wait
 _OPS = {"embedding": {"embed", "rerank"}, "rerank": {"rerank"},
-        "sequence-classification": {"classify"}, "image-classification": set()}
+        "sequence-classification": {"classify"}, "image-classification": set(),
+        "text-generation": {"generate"}}
 
 
 async def _await(response):
@@ -67,9 +76,11 @@ def _brief(err: BaseException) -> str:
 def _tokenizer(spec):
     from transformers import AutoTokenizer
 
+    from tierserve.pruning.gguf import model_dir
     from tierserve.pruning.storage import resolve
 
-    return AutoTokenizer.from_pretrained(str(resolve(spec.model.uri)), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(model_dir(resolve(spec.model.uri))),
+                                         local_files_only=True)
 
 
 @serve.deployment(name="router", ray_actor_options={"num_cpus": 0})
@@ -123,11 +134,23 @@ class Router:
         return {**self._routed(tier, reason, conf), "probabilities": probs.tolist(),
                 "labels": [names[int(i)] for i in logits.argmax(1)]}
 
+    @api.post("/v1/generate", response_model=GenerateResponse)
+    async def generate(self, body: GenerateRequest, request: Request):
+        self._check("generate", 1, "prompts")
+        req = {"max_new_tokens": body.max_new_tokens}
+        if body.stream:
+            return await self._stream([body.prompt], req, request)
+        reply, tier, reason, conf = await self._route("generate", [body.prompt], request, req)
+        return {**self._routed(tier, reason, conf), "text": reply["text"],
+                "tokens": reply["tokens"], "prompt_tokens": reply["prompt_tokens"],
+                "mean_logprob": reply["mean_logprob"]}
+
     @api.get("/healthz")
     async def healthz(self) -> dict:
         self._start()
         return {"status": "ok" if any(self.up.values()) else "down", "model": self.name,
-                "policy": self.cfg.policy, "tiers": self.up, **self.shared}
+                "policy": self.cfg.policy, "threshold": self.cfg.threshold,
+                "confidence": self.cfg.confidence, "tiers": self.up, **self.shared}
 
     @api.get("/metrics")
     async def metrics(self) -> Response:
@@ -166,39 +189,124 @@ class Router:
         finally:
             waited.append(time.perf_counter() - t0)
 
-    async def _route(self, op: str, texts: list[str], request: Request):
-        self._start()
-        t0 = time.perf_counter()
+    def _confidence(self, op: str, reply: dict) -> float:
+        if op == "generate":  # the pruned answer's mean token log-probability
+            return float(reply["mean_logprob"])
+        return request_confidence(self.cfg.confidence, reply["outputs"])
+
+    async def _first(self, op: str, texts: list[str], request: Request, extra: dict | None):
+        """Decide and ask the first tier: (info, decision, req, reply or None, tier, reason,
+        confidence, compute, tokens). reply None: full must answer (fallback or escalation)."""
         info = self._info(op, texts, request)
         d = choose_tier(info, self.cfg, self.shared["shadow_fallback_active"])
-        req = {"op": op, "texts": texts}
+        req = {"op": op, "texts": texts, **(extra or {})}
         compute: dict[str, float] = {}
-        waited: list[float] = []  # seconds spent awaiting tiers, to report the router's own time
-        tier, reason, conf = d.tier, d.reason, None
-        if tier == PRUNED:
+        tokens: dict[str, int] = {}
+        tier, reason, conf, reply = d.tier, d.reason, None, None
+        if tier == PRUNED and not (op == "generate" and request.state.stream and not d.cascade):
             try:
-                reply = await self._timed_ask(PRUNED, req, waited, self.timeout_s)
-                compute[PRUNED] = reply["compute_s"]
+                reply = await self._timed_ask(PRUNED, req, request.state.waited, self.timeout_s)
+                self._account(PRUNED, reply, compute, tokens)
             except Exception as err:  # noqa: BLE001 - any pruned failure is served by full
                 log.warning("pruned tier failed (%s); serving from full", _brief(err))
                 self.events.fallbacks += 1
-                tier, reason, reply = FULL, "fallback", None
+                tier, reason = FULL, "fallback"
             if reply is not None and d.cascade:
-                conf = request_confidence(self.cfg.confidence, reply["outputs"])
+                conf = self._confidence(op, reply)
                 if escalate(conf, self.cfg.threshold):
                     self.events.escalations += 1
                     tier, reason, reply = FULL, "cascade_escalated", None
-        if tier == FULL:
-            reply = await self._timed_ask(FULL, req, waited)
-            compute[FULL] = compute.get(FULL, 0.0) + reply["compute_s"]
+        return info, d, req, reply, tier, reason, conf, compute, tokens
+
+    def _account(self, tier: str, reply: dict, compute: dict, tokens: dict) -> None:
+        compute[tier] = compute.get(tier, 0.0) + reply["compute_s"]
+        tokens[tier] = tokens.get(tier, 0) + reply.get("input_tokens", 0) + reply.get(
+            "output_tokens", 0)
+        self.events.count_tokens(tier, reply)
+
+    def _finish(self, t0: float, tier: str, reason: str, compute: dict, tokens: dict) -> None:
         elapsed = time.perf_counter() - t0
         self.events.request(tier, reason, elapsed)
-        request.state.router_ms = 1000 * (elapsed - sum(waited))
-        cost = request_cost(self.costs, compute)
+        cost = request_cost(self.costs, compute, tokens)
         self.events.spend(cost.by_tier, cost.counterfactual)
+
+    async def _route(self, op: str, texts: list[str], request: Request,
+                     extra: dict | None = None):
+        self._start()
+        t0 = time.perf_counter()
+        request.state.waited, request.state.stream = [], False  # seconds awaiting tiers
+        info, d, req, reply, tier, reason, conf, compute, tokens = await self._first(
+            op, texts, request, extra)
+        if reply is None:
+            reply = await self._timed_ask(FULL, req, request.state.waited)
+            self._account(FULL, reply, compute, tokens)
+        self._finish(t0, tier, reason, compute, tokens)
+        request.state.router_ms = 1000 * (time.perf_counter() - t0 - sum(request.state.waited))
         if d.shadow:
             self._shadow(info, op, req, tier, reason, reply)
         return reply, tier, reason, conf
+
+    # -- streaming (generate) -------------------------------------------------------------------
+    async def _stream(self, texts: list[str], extra: dict, request: Request) -> StreamingResponse:
+        self._start()
+        t0 = time.perf_counter()
+        request.state.waited, request.state.stream = [], True
+        _, _, req, reply, tier, reason, conf, compute, tokens = await self._first(
+            "generate", texts, request, extra)
+        if reply is not None:  # cascade, confident: pruned's judged answer, as one piece
+            self._finish(t0, tier, reason, compute, tokens)
+            events = self._judged(reply, tier, reason, conf)
+        else:
+            first, pieces = None, None
+            if tier == PRUNED:
+                try:
+                    first, pieces = await self._open(PRUNED, req)
+                except Exception as err:  # noqa: BLE001 - no byte sent yet: full answers
+                    log.warning("pruned tier failed (%s); streaming from full", _brief(err))
+                    self.events.fallbacks += 1
+                    tier, reason = FULL, "fallback"
+            if pieces is None:
+                first, pieces = await self._open(FULL, req, timeout=None)
+            events = self._live(t0, first, pieces, tier, reason, conf, compute, tokens)
+        headers = {"x-tierserve-tier": tier, "x-tierserve-reason": reason}
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+    async def _open(self, tier: str, req: dict, timeout: float | None = -1.0):
+        """Start a tier's stream and wait for its first item (pruned: within the timeout)."""
+        gen = self.tiers[tier].options(stream=True).stream.remote(req)
+        limit = self.timeout_s if timeout == -1.0 else timeout
+        try:
+            first = await asyncio.wait_for(gen.__anext__(), limit)
+        except BaseException:
+            gen.cancel()
+            raise
+        return first, gen
+
+    async def _judged(self, reply: dict, tier: str, reason: str, conf: float | None):
+        yield sse({"text": reply["text"]})
+        yield sse(self._done(reply, tier, reason, conf))
+
+    async def _live(self, t0: float, first: dict, pieces, tier: str, reason: str,
+                    conf: float | None, compute: dict, tokens: dict):
+        item = first
+        try:
+            while True:
+                if item.get("done"):
+                    self._account(tier, item, compute, tokens)
+                    self._finish(t0, tier, reason, compute, tokens)
+                    yield sse(self._done(item, tier, reason, conf))
+                    return
+                yield sse({"text": item["text"]})
+                item = await pieces.__anext__()
+        except StopAsyncIteration:
+            return
+        except Exception as err:  # noqa: BLE001 - bytes are out: end the stream with the error
+            log.warning("%s tier failed mid-stream: %s", tier, _brief(err))
+            yield sse({"error": _brief(err), "tier": tier})
+
+    def _done(self, reply: dict, tier: str, reason: str, conf: float | None) -> dict:
+        return {"done": True, **self._routed(tier, reason, conf), "tokens": reply["tokens"],
+                "prompt_tokens": reply["prompt_tokens"], "mean_logprob": reply["mean_logprob"]}
 
     # -- shadow ---------------------------------------------------------------------------------
     def _shadow(self, info: RequestInfo, op: str, req: dict, tier: str, reason: str,
@@ -218,10 +326,12 @@ class Router:
         except Exception as err:  # noqa: BLE001 - a failed shadow call is only logged
             log.warning("shadow call to %s failed: %s", other, _brief(err))
             return
-        self.events.spend({other: self.costs.tier_cost(other, theirs["compute_s"])}, 0.0)
+        used = theirs.get("input_tokens", 0) + theirs.get("output_tokens", 0)
+        self.events.spend({other: self.costs.tier_cost(other, theirs["compute_s"], used)}, 0.0)
+        self.events.count_tokens(other, theirs)
         pruned, full = (reply, theirs) if tier == PRUNED else (theirs, reply)
         if tier == FULL:  # tripped: would the policy have let pruned answer?
-            conf = request_confidence(self.cfg.confidence, pruned["outputs"])
+            conf = self._confidence(op, pruned)
             if not would_serve_pruned(info, self.cfg, conf):
                 self.events.shadow.append(True)
                 return

@@ -4,13 +4,20 @@ both through the pruning library's loaders, and both answer through one `@serve.
 A request is {"op": "embed"|"rerank"|"classify", "texts": [...]} (rerank: the query first, then
 the documents; a cross-encoder gets (query, document) pairs). Requests of one batch share a
 single forward pass; each reply carries `compute_s`, the request's token share of that pass, so
-the router can price it. Outputs: embed -> unit embeddings (n, d); rerank -> scores (D,);
-classify -> logits (n, C) plus the label names.
+the router can price it, and `input_tokens`, the tokens it fed the model. Outputs: embed -> unit
+embeddings (n, d); rerank -> scores (D,); classify -> logits (n, C) plus the label names.
+
+Decoder LMs (task text-generation) take {"op": "generate", "texts": [prompt],
+"max_new_tokens": n}: `infer` batches them into one greedy `generate` call per length, off the
+event loop; `stream` answers one request piece by piece (a Serve streaming method, called through
+a handle with `.options(stream=True)`). See generate.py for the reply fields.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import numpy as np
 import torch
@@ -18,17 +25,20 @@ from ray import serve
 
 from tierserve.pruning.calibration import rerank_scores
 
+from .generate import generate_replies, stream_reply
+
 __all__ = ["Tier", "load_tier_model"]
 
 
 def load_tier_model(tier: str, model_uri: str, task: str, max_length: int):
     """full: `load_task_model` on the spec's model; pruned: `load_pruned` on the artifact."""
     from tierserve.pruning.artifact import load_pruned
+    from tierserve.pruning.gguf import model_dir
     from tierserve.pruning.storage import resolve
     from tierserve.pruning.tasks import load_task_model
 
     if tier == "full":
-        return load_task_model(resolve(model_uri), task, max_length=max_length)
+        return load_task_model(model_dir(resolve(model_uri)), task, max_length=max_length)
     return load_pruned(model_uri, task, max_length=max_length)
 
 
@@ -66,7 +76,18 @@ class Tier:
     async def infer(self, reqs: list[dict]) -> list[dict]:
         if self.broken:
             raise RuntimeError(f"{self.tier} tier is broken on purpose")
+        if reqs[0]["op"] == "generate":  # seconds of work: keep the replica's loop answering
+            return await asyncio.to_thread(generate_replies, self.tm, reqs, self.tier)
         return self._forward(reqs)
+
+    async def stream(self, req: dict) -> AsyncIterator[dict]:
+        """One generate request as it is decoded: {"text": piece}..., then the reply, "done"."""
+        if self.broken:
+            raise RuntimeError(f"{self.tier} tier is broken on purpose")
+        pieces = stream_reply(self.tm, req, self.tier)
+        end = object()
+        while (item := await asyncio.to_thread(next, pieces, end)) is not end:
+            yield item
 
     @torch.inference_mode()
     def _forward(self, reqs: list[dict]) -> list[dict]:
@@ -83,6 +104,7 @@ class Tier:
             rows, share = out[i:i + len(ps)], tokens[i:i + len(ps)].sum() / tokens.sum()
             i += len(ps)
             replies.append({"tier": self.tier, "compute_s": float(seconds * share),
+                            "input_tokens": int(tokens[i - len(ps):i].sum()),
                             **self._shape(r["op"], rows)})
         return replies
 
