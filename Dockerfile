@@ -7,15 +7,15 @@
 #
 # TORCH_VARIANT picks the PyTorch wheel index (cpu, cu126, cu128, ...). CUDA wheels bring their
 # own CUDA runtime libraries as pip packages, so the same slim base serves both; the GPU driver
-# comes from the node (NVIDIA container runtime). EXTRAS adds optional extras, e.g.
-# `--build-arg EXTRAS=report,assets` bakes the MiniLM example weights in.
+# comes from the node (NVIDIA container runtime). EXTRAS picks optional extras: `llm` reads GGUF
+# decoder checkpoints; `--build-arg EXTRAS=report,llm,assets` bakes the MiniLM example weights in.
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 
 # -- build: a virtualenv with torch first (its own cached layer), then tierserve ------------------
 FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_VARIANT=cpu
-ARG EXTRAS=report
+ARG EXTRAS=report,llm
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1

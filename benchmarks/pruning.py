@@ -1,6 +1,6 @@
 """Structured-pruning benchmark: the real all-MiniLM-L6-v2 on the frozen Debian retrieval data.
 
-    python benchmarks/pruning.py [--quick] [--out benchmarks/results/pruning.json]
+    python benchmarks/pruning.py [--quick] [--decoder] [--out benchmarks/results/pruning.json]
 
 One run measures, side by side (see benchmarks/README.md for every definition):
 1. quality kept (NDCG@10 on held-out test queries, agreement with the full model) per criterion,
@@ -496,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-docs", type=int, default=None,
                     help="use the judged docs of the test queries plus other test docs up to N "
                          "instead of the default corpus (whole test corpus; 256 with --quick)")
+    ap.add_argument("--decoder", action="store_true",
+                    help="also the SmolLM2-135M decoder rows (width vs depth at 25%% and 50%% of "
+                         "per-token FLOPs: benchmarks/decoder.py), written to "
+                         "results/decoder.{json,md} next to --out")
     args = ap.parse_args(argv)
     torch.set_num_threads(THREADS)
     settings = QUICK if args.quick else FULL
@@ -507,6 +511,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     args.out.with_suffix(".md").write_text("\n".join(rep.md))
     rep.console.print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    if args.decoder:  # the decoder rows live in their own module; same run, same machine
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import decoder
+
+        decoder.main([*(["--quick"] if args.quick else []), "--no-rescale",
+                      "--out", str(args.out.with_name("decoder.json"))])
     return 0
 
 

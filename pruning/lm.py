@@ -12,7 +12,8 @@ Metrics (`evaluate_lm`):
 - `next_token_agreement` (and its alias `agreement`): the share of text positions where the
   pruned model's top-1 next token equals the full model's. No labels needed.
 - `exact_match`: the greedy answer (first line, trimmed, case- and end-punctuation-insensitive)
-  equals the reference; `accuracy`: the reference appears in that first line.
+  equals the reference; `accuracy`: that first line names the reference and none of the
+  task's other answers (`answer_correct`).
 
 Latency (`latency_lm`): prefill = one forward over (batch, seq_len) tokens computing only the last
 position's logits, reported in ms per prompt token; decode = one cached step per sequence after a
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 
 from .tasks import TaskModel
 
-__all__ = ["Generation", "LMData", "calibration_lm", "evaluate_lm", "generate", "generate_batch",
+__all__ = ["Generation", "LMData", "answer_correct", "calibration_lm", "evaluate_lm", "generate", "generate_batch",
            "generate_scored", "generate_stream", "latency_lm", "load_lm_data", "normalize_answer",
            "perplexity_pass"]
 
@@ -249,10 +250,27 @@ def normalize_answer(text: str) -> str:
     return re.sub(r"\s+", " ", first).strip().strip(".,;:!?\"'`*").strip().lower()
 
 
+def _mentions(text: str, answer: str) -> bool:
+    """`answer` occurs in `text` as whole words, allowing a plural/singular -s ("game" ~ "games")."""
+    stem = re.escape(answer[:-1] if answer.endswith("s") and len(answer) > 3 else answer)
+    return bool(answer) and re.search(rf"\b{stem}s?\b", text) is not None
+
+
+def answer_correct(generated: str, answer: str, choices: Sequence[str] = ()) -> bool:
+    """The first line names the reference and no other of the task's answers: "about science"
+    is right for "science"; a hedge such as "a game or science" is wrong for both."""
+    g, a = normalize_answer(generated), normalize_answer(answer)
+    return _mentions(g, a) and not any(_mentions(g, c) for c in choices if c != a)
+
+
 def _task_metrics(generated: Sequence[str], answers: Sequence[str]) -> dict[str, float]:
-    pairs = [(normalize_answer(g), normalize_answer(a)) for g, a in zip(generated, answers, strict=True)]
-    return {"exact_match": float(np.mean([g == a for g, a in pairs])),
-            "accuracy": float(np.mean([bool(a) and a in g for g, a in pairs]))}
+    """exact_match, and accuracy with the task's distinct answers as the choices to tell apart
+    (free-form tasks, where every answer differs, rarely mention another row's answer)."""
+    choices = sorted({normalize_answer(a) for a in answers})
+    pairs = list(zip(generated, answers, strict=True))
+    return {"exact_match": float(np.mean([normalize_answer(g) == normalize_answer(a)
+                                          for g, a in pairs])),
+            "accuracy": float(np.mean([answer_correct(g, a, choices) for g, a in pairs]))}
 
 
 # -- evaluation ---------------------------------------------------------------------------------

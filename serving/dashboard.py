@@ -69,6 +69,8 @@ RECORDING_RULES: dict[str, str] = {
     "namespace_model_tier:tierserve_request_duration_seconds:p95_5m":
         "histogram_quantile(0.95, sum by "
         f"({BY}, tier, le) (rate(tierserve_request_duration_seconds_bucket[5m])))",
+    "namespace_model_tier_kind:tierserve_tokens:rate5m":
+        f"sum by ({BY}, tier, kind) (rate(tierserve_tokens_total[5m]))",
     "namespace_model_tier:tierserve_cost_usd:rate5m":
         f"sum by ({BY}, tier) (rate(tierserve_cost_usd_total[5m]))",
     "namespace_model:tierserve_counterfactual_cost_usd:rate5m":
@@ -159,6 +161,10 @@ PANELS: tuple[Panel, ...] = (
            f"{{{SEL}}})", "p50 {{tier}}"),
         _q("max by (tier) (namespace_model_tier:tierserve_request_duration_seconds:p95_5m"
            f"{{{SEL}}})", "p95 {{tier}}"),)),
+    Panel("Tokens per second per tier", "short", (
+        _q("sum by (tier, kind) (namespace_model_tier_kind:tierserve_tokens:rate5m"
+           f"{{{SEL}}})", "{{tier}} {{kind}}"),),
+        description="Tokens the tiers process: input (prompts, texts) and output (generated)."),
     Panel("Escalations and fallbacks", "reqps", (
         _q(f"sum by (model) (rate(tierserve_escalations_total{{{SEL}}}[$__rate_interval]))",
            "escalations {{model}}"),

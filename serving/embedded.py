@@ -77,16 +77,19 @@ async def _replay(url: str, requests, concurrency: int):
                                        f"{resp.text[:500]}")
                 return resp.json(), time.perf_counter() - t0
         done = await asyncio.gather(*(one(r) for r in requests))
-    out = []
-    for body, secs in done:
-        answer = body["ranking"][0] if "ranking" in body else _label_index(body)
-        out.append(Outcome(body["tier"], body["reason"], secs, answer, -1))
-    return out
+    return [Outcome(body["tier"], body["reason"], secs, _answer(body), -1) for body, secs in done]
 
 
-def _label_index(body: dict) -> int:
+def _answer(body: dict) -> int | str:
+    """Top-1 document, predicted class, or normalised generated answer."""
     import numpy as np
 
+    from tierserve.pruning.lm import normalize_answer
+
+    if "ranking" in body:
+        return body["ranking"][0]
+    if "text" in body:
+        return normalize_answer(body["text"])
     return int(np.argmax(body["probabilities"][0]))
 
 
@@ -95,13 +98,28 @@ def _references(name: str, requests) -> list[int]:
     import numpy as np
     from ray import serve
 
+    from tierserve.pruning.lm import normalize_answer
+
     full = serve.get_deployment_handle("full", app_name=name)
     calls = []
     for r in requests:
-        texts = [r.body["query"], *r.body["documents"]] if r.endpoint == "rerank" else r.body["texts"]
-        calls.append((r.endpoint, full.infer.remote({"op": r.endpoint, "texts": texts})))
-    return [int(np.argmax(out if op == "rerank" else out[0]))
-            for op, out in ((op, c.result()["outputs"]) for op, c in calls)]
+        if r.endpoint == "generate":
+            req = {"op": "generate", "texts": [r.body["prompt"]],
+                   "max_new_tokens": r.body["max_new_tokens"]}
+        else:
+            texts = ([r.body["query"], *r.body["documents"]] if r.endpoint == "rerank"
+                     else r.body["texts"])
+            req = {"op": r.endpoint, "texts": texts}
+        calls.append((r.endpoint, full.infer.remote(req)))
+    out = []
+    for op, call in calls:
+        reply = call.result()
+        if op == "generate":
+            out.append(normalize_answer(reply["text"]))
+        else:
+            o = reply["outputs"]
+            out.append(int(np.argmax(o if op == "rerank" else o[0])))
+    return out
 
 
 def run(spec_path: str, out: str | None = None, *, once: bool = False, requests: int = 200,

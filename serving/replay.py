@@ -4,7 +4,8 @@ Retrieval data (embedding / rerank tasks) becomes `/v1/rerank` requests (similar
 each first text against its own second text and the nearest others): each query with
 `RERANK_CANDIDATES` documents (its judged ones plus the nearest by word overlap, the same shape
 the job calibrated the cascade on), shuffled deterministically so the relevant one is not always
-first. Classification data becomes one-text `/v1/classify` requests.
+first. Classification data becomes one-text `/v1/classify` requests. Decoder-LM data (prompts with
+answers) becomes `/v1/generate` requests; their answers are compared as normalised first lines.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from tierserve.pruning.data import RetrievalData
 
 __all__ = ["Outcome", "ReplayRequest", "replay_requests", "summarize"]
 
+GENERATE_TOKENS = 16  # as the job's cascade calibration generates
+
 
 @dataclass(frozen=True)
 class ReplayRequest:
-    endpoint: str  # "rerank" | "classify"
+    endpoint: str  # "rerank" | "classify" | "generate"
     body: dict
-    label: int  # index of the relevant document / the true class
+    label: int | str  # index of the relevant document / the true class / the reference answer
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,8 @@ class Outcome:
     tier: str
     reason: str
     seconds: float  # client-side latency
-    answer: int  # top-1 document index / predicted class
-    reference: int  # what full alone answers
+    answer: int | str  # top-1 document index / predicted class / normalised answer
+    reference: int | str  # what full alone answers
 
 
 def replay_requests(data, n: int | None = None, seed: int = 0) -> list[ReplayRequest]:
@@ -41,6 +44,8 @@ def replay_requests(data, n: int | None = None, seed: int = 0) -> list[ReplayReq
         return _rerank(data, n, seed)
     if hasattr(data, "pairs"):  # similarity pairs: each first text against the second texts
         return _pairs(data, n, seed)
+    if hasattr(data, "prompts"):  # decoder LM: the prompted task
+        return _generate(data, n)
     rows = range(len(data.texts) if n is None else min(n, len(data.texts)))
     return [ReplayRequest("classify", {"texts": [data.texts[i]]}, data.labels[i]) for i in rows]
 
@@ -60,6 +65,16 @@ def _rerank(data: RetrievalData, n: int | None, seed: int) -> list[ReplayRequest
                                             "documents": [data.corpus[j] for j in order]},
                                  order.index(best)))
     return out
+
+
+def _generate(data, n: int | None) -> list[ReplayRequest]:
+    from tierserve.pruning.lm import normalize_answer
+
+    if not data.prompts:
+        raise ValueError("the evaluation data has no prompt/answer rows to replay as /v1/generate")
+    rows = range(len(data.prompts) if n is None else min(n, len(data.prompts)))
+    return [ReplayRequest("generate", {"prompt": data.prompts[i], "max_new_tokens": GENERATE_TOKENS},
+                          normalize_answer(data.answers[i])) for i in rows]
 
 
 def _pairs(data, n: int | None, seed: int) -> list[ReplayRequest]:
@@ -90,8 +105,9 @@ def summarize(outcomes: list[Outcome], labels: list[int]) -> dict:
     reasons: dict[str, int] = {}
     for o in outcomes:
         reasons[o.reason] = reasons.get(o.reason, 0) + 1
-    answers = np.array([o.answer for o in outcomes])
-    refs, lab = np.array([o.reference for o in outcomes]), np.array(labels)
+    answers = np.array([o.answer for o in outcomes], dtype=object)
+    refs = np.array([o.reference for o in outcomes], dtype=object)
+    lab = np.array(labels, dtype=object)
     return {"requests": n, "tiers": tiers, "reasons": reasons,
             "p50_s": _pct([o.seconds for o in outcomes], 50),
             "p95_s": _pct([o.seconds for o in outcomes], 95),

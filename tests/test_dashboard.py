@@ -30,6 +30,7 @@ CONTRACT_3 = {
     "tierserve_shadow_agreement", "tierserve_shadow_fallback_active", "tierserve_agreement_gate",
     "tierserve_cost_usd_total", "tierserve_counterfactual_cost_usd_total",
     "tierserve_savings_usd_total", "tierserve_pruned_share", "tierserve_tier_up",
+    "tierserve_tokens_total",
 }
 
 
