@@ -38,9 +38,9 @@ import torch.nn.functional as F
 
 from .tasks import TaskModel
 
-__all__ = ["Generation", "LMData", "answer_correct", "calibration_lm", "evaluate_lm", "generate", "generate_batch",
+__all__ = ["Generation", "LMData", "answer_choice", "answer_correct", "answers_agree", "calibration_lm", "evaluate_lm", "generate", "generate_batch",
            "generate_scored", "generate_stream", "latency_lm", "load_lm_data", "normalize_answer",
-           "perplexity_pass"]
+           "perplexity_pass", "task_choices"]
 
 
 @dataclass(frozen=True)
@@ -222,23 +222,24 @@ def calibration_lm(spec, full: TaskModel, pruned: TaskModel, inputs, *, limit: i
                    max_new_tokens: int = 16) -> dict:
     """The report's `calibration` block for a decoder LM: the cascade escalates a request when the
     pruned tier's mean token log-probability over its answer is below `threshold`, chosen on the
-    validation prompts (else the calibration prompts) so that answers agree with full's (same
-    normalised first line) on at least `target_agreement` of them."""
+    validation prompts (else the calibration prompts) so that answers agree with full's
+    (`answers_agree`) on at least `target_agreement` of them. `choices` (the task's distinct
+    answers, when it has few) go to the router too, so its shadow compares answers the same way."""
     from .calibration import calibrate
 
     data, source = inputs.validation, "validation"
     if data is None or not data.prompts:
         data, source = inputs.calibration, "calibration (no validation prompts)"
     prompts = list(data.prompts[:limit]) or [t[:200] for t in data.texts[:limit]]
+    choices = task_choices(data.answers)
     f_text = generate(full, prompts, max_new_tokens=max_new_tokens)
     p_text, conf = generate_scored(pruned, prompts, max_new_tokens=max_new_tokens)
-    agree = np.array([normalize_answer(a) == normalize_answer(b) for a, b in zip(p_text, f_text,
-                                                                                 strict=True)])
+    agree = np.array([answers_agree(a, b, choices) for a, b in zip(p_text, f_text, strict=True)])
     target = spec.serving.target_agreement
     cal = calibrate(np.asarray(conf), agree, target)
     return {"policy": "cascade", "confidence": "mean_logprob", "threshold": cal.threshold,
             "target_agreement": target, "source": source, "request": "generate",
-            "max_new_tokens": max_new_tokens,
+            "max_new_tokens": max_new_tokens, "choices": choices,
             "validation": {"agreement": cal.agreement, "pruned_share": cal.pruned_share,
                            "n": cal.n, "pruned_agreement": float(np.mean(agree))}}
 
@@ -261,6 +262,32 @@ def answer_correct(generated: str, answer: str, choices: Sequence[str] = ()) -> 
     is right for "science"; a hedge such as "a game or science" is wrong for both."""
     g, a = normalize_answer(generated), normalize_answer(answer)
     return _mentions(g, a) and not any(_mentions(g, c) for c in choices if c != a)
+
+
+MAX_CHOICES = 20  # a task with more distinct answers is free-form: answers compare as text
+
+
+def task_choices(answers: Sequence[str]) -> list[str]:
+    """The distinct normalised answers of a prompted task when it is a choice among a few
+    (tagging, routing: "games" / "science"); [] for free-form answers."""
+    distinct = sorted({normalize_answer(a) for a in answers} - {""})
+    return distinct if len(distinct) <= MAX_CHOICES else []
+
+
+def answer_choice(text: str, choices: Sequence[str]) -> str | None:
+    """The one choice the first line names, or None (none, or a hedge naming several)."""
+    named = [c for c in choices if _mentions(normalize_answer(text), c)]
+    return named[0] if len(named) == 1 else None
+
+
+def answers_agree(pruned: str, full: str, choices: Sequence[str] = ()) -> bool:
+    """Do two generated answers say the same? With choices: they name the same one ("This
+    package is about science." agrees with "Science"); otherwise, or when neither names one,
+    their normalised first lines are equal."""
+    a, b = answer_choice(pruned, choices), answer_choice(full, choices)
+    if a is not None or b is not None:
+        return a == b
+    return normalize_answer(pruned) == normalize_answer(full)
 
 
 def _task_metrics(generated: Sequence[str], answers: Sequence[str]) -> dict[str, float]:

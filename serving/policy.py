@@ -48,6 +48,7 @@ class PolicyConfig:
     confidence: str  # "margin" | "entropy" | "topk_gap"
     shadow_fraction: float
     rules: Rules = Rules()
+    choices: tuple[str, ...] = ()  # generate: the task's answers (report.calibration.choices)
 
     @classmethod
     def from_spec(cls, serving, calibration: dict | None) -> PolicyConfig:
@@ -63,7 +64,8 @@ class PolicyConfig:
         rules = Rules(r.tier_header, frozenset(r.full_tenants), frozenset(r.full_priorities),
                       r.max_pruned_tokens)
         return cls(serving.policy, serving.pruned_weight, float(threshold or 0.0),
-                   cal.get("confidence", "topk_gap"), serving.shadow_fraction, rules)
+                   cal.get("confidence", "topk_gap"), serving.shadow_fraction, rules,
+                   tuple(cal.get("choices") or ()))
 
 
 @dataclass(frozen=True)
@@ -133,13 +135,14 @@ def escalate(conf: float, threshold: float) -> bool:
     return conf < threshold
 
 
-def outputs_agree(endpoint: str, pruned, full) -> list[bool]:
+def outputs_agree(endpoint: str, pruned, full, choices: tuple[str, ...] = ()) -> list[bool]:
     """Per item: does pruned pick what full picks? rerank: the same best document; classify: the
-    same label; generate: the same answer. (embed has no discrete answer and is not shadowed.)"""
-    if endpoint == "generate":  # the same answer (first line, normalised as the job compares)
-        from tierserve.pruning.lm import normalize_answer
+    same label; generate: the same answer (the same one of `choices`, when the task has them).
+    (embed has no discrete answer and is not shadowed.)"""
+    if endpoint == "generate":  # the same answer, compared as the job's calibration compares
+        from tierserve.pruning.lm import answers_agree
 
-        return [normalize_answer(pruned) == normalize_answer(full)]
+        return [answers_agree(pruned, full, choices)]
     p, f = np.asarray(pruned, dtype=np.float64), np.asarray(full, dtype=np.float64)
     if endpoint == "rerank":
         return [int(np.argmax(p)) == int(np.argmax(f))]

@@ -11,6 +11,7 @@ answers) becomes `/v1/generate` requests; their answers are compared as normalis
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,7 +95,18 @@ def _pct(xs: list[float], p: float) -> float | None:
     return float(np.percentile(xs, p)) if xs else None
 
 
-def summarize(outcomes: list[Outcome], labels: list[int]) -> dict:
+def _correct(labels: list) -> Callable[[object, object], bool]:
+    """How an answer is judged against its label: equal index, or, for generated answers, the
+    job's `accuracy` rule (names the reference and none of the task's other answers)."""
+    if labels and isinstance(labels[0], str):
+        from tierserve.pruning.lm import answer_correct
+
+        choices = sorted(set(labels))
+        return lambda answer, label: answer_correct(str(answer), label, choices)
+    return lambda answer, label: answer == label
+
+
+def summarize(outcomes: list[Outcome], labels: list[int | str]) -> dict:
     """Per tier: share and p50/p95 latency; overall: accuracy vs labels and agreement with full."""
     n = len(outcomes)
     tiers = {}
@@ -105,12 +117,24 @@ def summarize(outcomes: list[Outcome], labels: list[int]) -> dict:
     reasons: dict[str, int] = {}
     for o in outcomes:
         reasons[o.reason] = reasons.get(o.reason, 0) + 1
-    answers = np.array([o.answer for o in outcomes], dtype=object)
-    refs = np.array([o.reference for o in outcomes], dtype=object)
-    lab = np.array(labels, dtype=object)
+    correct = _correct(labels)
+    pairs = list(zip(outcomes, labels, strict=True))
     return {"requests": n, "tiers": tiers, "reasons": reasons,
             "p50_s": _pct([o.seconds for o in outcomes], 50),
             "p95_s": _pct([o.seconds for o in outcomes], 95),
-            "accuracy": float(np.mean(answers == lab)) if n else None,
-            "full_accuracy": float(np.mean(refs == lab)) if n else None,
-            "agreement": float(np.mean(answers == refs)) if n else None}
+            "accuracy": float(np.mean([correct(o.answer, y) for o, y in pairs])) if n else None,
+            "full_accuracy": (float(np.mean([correct(o.reference, y) for o, y in pairs]))
+                              if n else None),
+            "agreement": float(np.mean([_agree(labels)(o.answer, o.reference)
+                                        for o in outcomes])) if n else None}
+
+
+def _agree(labels: list) -> Callable[[object, object], bool]:
+    """Routed answer vs full's: equal, or for generated answers, `lm.answers_agree` (the router's
+    shadow and the job's calibration compare the same way)."""
+    if labels and isinstance(labels[0], str):
+        from tierserve.pruning.lm import answers_agree, task_choices
+
+        choices = task_choices(labels)
+        return lambda a, b: answers_agree(str(a), str(b), choices)
+    return lambda a, b: a == b

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import random
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 from fastapi import HTTPException, Request, Response
@@ -44,6 +45,7 @@ from .metrics import FLUSH_S, Events, stats_actor
 from .policy import (
     FULL,
     PRUNED,
+    Decision,
     PolicyConfig,
     RequestInfo,
     choose_tier,
@@ -81,6 +83,24 @@ def _tokenizer(spec):
 
     return AutoTokenizer.from_pretrained(str(model_dir(resolve(spec.model.uri))),
                                          local_files_only=True)
+
+
+@dataclass
+class Flight:
+    """One request on its way through the router: the decision, the tier and reason so far, the
+    reply once there is one, and what it used (replica seconds and tokens, per tier)."""
+
+    info: RequestInfo
+    decision: Decision
+    req: dict
+    tier: str
+    reason: str
+    conf: float | None = None
+    reply: dict | None = None
+    compute: dict[str, float] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+    waited: list[float] = field(default_factory=list)  # seconds awaiting tiers
+    t0: float = field(default_factory=time.perf_counter)
 
 
 @serve.deployment(name="router", ray_actor_options={"num_cpus": 0})
@@ -194,118 +214,107 @@ class Router:
             return float(reply["mean_logprob"])
         return request_confidence(self.cfg.confidence, reply["outputs"])
 
-    async def _first(self, op: str, texts: list[str], request: Request, extra: dict | None):
-        """Decide and ask the first tier: (info, decision, req, reply or None, tier, reason,
-        confidence, compute, tokens). reply None: full must answer (fallback or escalation)."""
+    async def _first(self, op: str, texts: list[str], request: Request, extra: dict | None,
+                     stream: bool = False) -> "Flight":
+        """Decide, and ask pruned first when the decision says so. `Flight.reply` stays None
+        when `Flight.tier` must still be asked (full; or pruned, streamed live)."""
         info = self._info(op, texts, request)
         d = choose_tier(info, self.cfg, self.shared["shadow_fallback_active"])
-        req = {"op": op, "texts": texts, **(extra or {})}
-        compute: dict[str, float] = {}
-        tokens: dict[str, int] = {}
-        tier, reason, conf, reply = d.tier, d.reason, None, None
-        if tier == PRUNED and not (op == "generate" and request.state.stream and not d.cascade):
+        f = Flight(info, d, {"op": op, "texts": texts, **(extra or {})}, d.tier, d.reason)
+        if f.tier == PRUNED and (d.cascade or not stream):
             try:
-                reply = await self._timed_ask(PRUNED, req, request.state.waited, self.timeout_s)
-                self._account(PRUNED, reply, compute, tokens)
+                f.reply = await self._timed_ask(PRUNED, f.req, f.waited, self.timeout_s)
+                self._account(f, PRUNED, f.reply)
             except Exception as err:  # noqa: BLE001 - any pruned failure is served by full
                 log.warning("pruned tier failed (%s); serving from full", _brief(err))
                 self.events.fallbacks += 1
-                tier, reason = FULL, "fallback"
-            if reply is not None and d.cascade:
-                conf = self._confidence(op, reply)
-                if escalate(conf, self.cfg.threshold):
+                f.tier, f.reason = FULL, "fallback"
+            if f.reply is not None and d.cascade:
+                f.conf = self._confidence(op, f.reply)
+                if escalate(f.conf, self.cfg.threshold):
                     self.events.escalations += 1
-                    tier, reason, reply = FULL, "cascade_escalated", None
-        return info, d, req, reply, tier, reason, conf, compute, tokens
+                    f.tier, f.reason, f.reply = FULL, "cascade_escalated", None
+        return f
 
-    def _account(self, tier: str, reply: dict, compute: dict, tokens: dict) -> None:
-        compute[tier] = compute.get(tier, 0.0) + reply["compute_s"]
-        tokens[tier] = tokens.get(tier, 0) + reply.get("input_tokens", 0) + reply.get(
+    def _account(self, f: "Flight", tier: str, reply: dict) -> None:
+        """A tier's reply: its replica time and tokens go to this request's cost and metrics."""
+        f.compute[tier] = f.compute.get(tier, 0.0) + reply["compute_s"]
+        f.tokens[tier] = f.tokens.get(tier, 0) + reply.get("input_tokens", 0) + reply.get(
             "output_tokens", 0)
         self.events.count_tokens(tier, reply)
 
-    def _finish(self, t0: float, tier: str, reason: str, compute: dict, tokens: dict) -> None:
-        elapsed = time.perf_counter() - t0
-        self.events.request(tier, reason, elapsed)
-        cost = request_cost(self.costs, compute, tokens)
+    def _finish(self, f: "Flight") -> None:
+        self.events.request(f.tier, f.reason, time.perf_counter() - f.t0)
+        cost = request_cost(self.costs, f.compute, f.tokens)
         self.events.spend(cost.by_tier, cost.counterfactual)
 
     async def _route(self, op: str, texts: list[str], request: Request,
                      extra: dict | None = None):
         self._start()
-        t0 = time.perf_counter()
-        request.state.waited, request.state.stream = [], False  # seconds awaiting tiers
-        info, d, req, reply, tier, reason, conf, compute, tokens = await self._first(
-            op, texts, request, extra)
-        if reply is None:
-            reply = await self._timed_ask(FULL, req, request.state.waited)
-            self._account(FULL, reply, compute, tokens)
-        self._finish(t0, tier, reason, compute, tokens)
-        request.state.router_ms = 1000 * (time.perf_counter() - t0 - sum(request.state.waited))
-        if d.shadow:
-            self._shadow(info, op, req, tier, reason, reply)
-        return reply, tier, reason, conf
+        f = await self._first(op, texts, request, extra)
+        if f.reply is None:
+            f.reply = await self._timed_ask(FULL, f.req, f.waited)
+            self._account(f, FULL, f.reply)
+        self._finish(f)
+        request.state.router_ms = 1000 * (time.perf_counter() - f.t0 - sum(f.waited))
+        if f.decision.shadow:
+            self._shadow(f.info, op, f.req, f.tier, f.reason, f.reply)
+        return f.reply, f.tier, f.reason, f.conf
 
     # -- streaming (generate) -------------------------------------------------------------------
     async def _stream(self, texts: list[str], extra: dict, request: Request) -> StreamingResponse:
         self._start()
-        t0 = time.perf_counter()
-        request.state.waited, request.state.stream = [], True
-        _, _, req, reply, tier, reason, conf, compute, tokens = await self._first(
-            "generate", texts, request, extra)
-        if reply is not None:  # cascade, confident: pruned's judged answer, as one piece
-            self._finish(t0, tier, reason, compute, tokens)
-            events = self._judged(reply, tier, reason, conf)
+        f = await self._first("generate", texts, request, extra, stream=True)
+        if f.reply is not None:  # cascade, confident: pruned's judged answer, as one piece
+            self._finish(f)
+            events = self._judged(f)
         else:
             first, pieces = None, None
-            if tier == PRUNED:
+            if f.tier == PRUNED:
                 try:
-                    first, pieces = await self._open(PRUNED, req)
+                    first, pieces = await self._open(PRUNED, f.req, self.timeout_s)
                 except Exception as err:  # noqa: BLE001 - no byte sent yet: full answers
                     log.warning("pruned tier failed (%s); streaming from full", _brief(err))
                     self.events.fallbacks += 1
-                    tier, reason = FULL, "fallback"
+                    f.tier, f.reason = FULL, "fallback"
             if pieces is None:
-                first, pieces = await self._open(FULL, req, timeout=None)
-            events = self._live(t0, first, pieces, tier, reason, conf, compute, tokens)
-        headers = {"x-tierserve-tier": tier, "x-tierserve-reason": reason}
+                first, pieces = await self._open(FULL, f.req, None)
+            events = self._live(f, first, pieces)
+        headers = {"x-tierserve-tier": f.tier, "x-tierserve-reason": f.reason}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
-    async def _open(self, tier: str, req: dict, timeout: float | None = -1.0):
-        """Start a tier's stream and wait for its first item (pruned: within the timeout)."""
+    async def _open(self, tier: str, req: dict, timeout: float | None):
+        """Start a tier's stream and wait for its first item (at most `timeout` seconds)."""
         gen = self.tiers[tier].options(stream=True).stream.remote(req)
-        limit = self.timeout_s if timeout == -1.0 else timeout
         try:
-            first = await asyncio.wait_for(gen.__anext__(), limit)
+            first = await asyncio.wait_for(gen.__anext__(), timeout)
         except BaseException:
             gen.cancel()
             raise
         return first, gen
 
-    async def _judged(self, reply: dict, tier: str, reason: str, conf: float | None):
-        yield sse({"text": reply["text"]})
-        yield sse(self._done(reply, tier, reason, conf))
+    async def _judged(self, f: "Flight"):
+        yield sse({"text": f.reply["text"]})
+        yield sse(self._done(f, f.reply))
 
-    async def _live(self, t0: float, first: dict, pieces, tier: str, reason: str,
-                    conf: float | None, compute: dict, tokens: dict):
+    async def _live(self, f: "Flight", first: dict, pieces):
         item = first
         try:
-            while True:
-                if item.get("done"):
-                    self._account(tier, item, compute, tokens)
-                    self._finish(t0, tier, reason, compute, tokens)
-                    yield sse(self._done(item, tier, reason, conf))
-                    return
+            while not item.get("done"):
                 yield sse({"text": item["text"]})
                 item = await pieces.__anext__()
-        except StopAsyncIteration:
+        except StopAsyncIteration:  # ended without its summary: nothing more to say
             return
         except Exception as err:  # noqa: BLE001 - bytes are out: end the stream with the error
-            log.warning("%s tier failed mid-stream: %s", tier, _brief(err))
-            yield sse({"error": _brief(err), "tier": tier})
+            log.warning("%s tier failed mid-stream: %s", f.tier, _brief(err))
+            yield sse({"error": _brief(err), "tier": f.tier})
+            return
+        self._account(f, f.tier, item)
+        self._finish(f)
+        yield sse(self._done(f, item))
 
-    def _done(self, reply: dict, tier: str, reason: str, conf: float | None) -> dict:
-        return {"done": True, **self._routed(tier, reason, conf), "tokens": reply["tokens"],
+    def _done(self, f: "Flight", reply: dict) -> dict:
+        return {"done": True, **self._routed(f.tier, f.reason, f.conf), "tokens": reply["tokens"],
                 "prompt_tokens": reply["prompt_tokens"], "mean_logprob": reply["mean_logprob"]}
 
     # -- shadow ---------------------------------------------------------------------------------
@@ -335,7 +344,8 @@ class Router:
             if not would_serve_pruned(info, self.cfg, conf):
                 self.events.shadow.append(True)
                 return
-        self.events.shadow.extend(outputs_agree(op, pruned["outputs"], full["outputs"]))
+        self.events.shadow.extend(outputs_agree(op, pruned["outputs"], full["outputs"],
+                                                self.cfg.choices))
 
     # -- background: metrics push, shared shadow state, tier health -----------------------------
     def _start(self) -> None:

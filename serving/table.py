@@ -38,9 +38,11 @@ def run_table(name: str, spec, report: dict, summary: dict, totals: dict) -> str
     saved = (would - spent) / would if would else 0.0
     unit = " (assumed $1/replica-hour per tier: spec.cost is empty)" if not any(
         spec.cost.model_dump().values()) else ""
+    what = ("answer accuracy vs references" if spec.model.task.value == "text-generation"
+            else "top-1 accuracy vs labels")
     for k, v in (("policy", policy), ("routing reasons", reasons),
-                 ("top-1 accuracy vs labels (routed)", _f(summary["accuracy"])),
-                 ("top-1 accuracy vs labels (full alone)", _f(summary["full_accuracy"])),
+                 (f"{what} (routed)", _f(summary["accuracy"])),
+                 (f"{what} (full alone)", _f(summary["full_accuracy"])),
                  ("agreement with full (routed)", _f(summary["agreement"])),
                  ("calibrated agreement (job)", _f((cal.get("validation") or {}).get("agreement"))),
                  ("target agreement", _f(s.target_agreement)),

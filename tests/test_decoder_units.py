@@ -273,3 +273,18 @@ def test_task_accuracy_rejects_hedged_answers():
     assert not answer_correct("Scientific software", "science", choices)  # not the word
     m = _task_metrics(["Science", "a game or science", "Games!"], ["science", "science", "games"])
     assert m == {"exact_match": 2 / 3, "accuracy": 2 / 3}
+
+
+def test_generated_answers_agree_on_the_choice_they_name():
+    from tierserve.pruning.lm import answer_choice, answers_agree, task_choices
+
+    choices = task_choices(["Science", "games", "science."])
+    assert choices == ["games", "science"]
+    assert task_choices([f"answer {i}" for i in range(50)]) == []  # free-form: no choices
+    assert answer_choice("This package is about science.", choices) == "science"
+    assert answer_choice("This is a mix of games and science.", choices) is None  # a hedge
+    assert answers_agree("This package is about science.", "Science", choices)
+    assert not answers_agree("It is a game.", "Science", choices)
+    assert not answers_agree("A mix of games and science.", "Science", choices)
+    assert answers_agree("Paris.", "paris", [])  # no choices: the normalised first lines
+    assert not answers_agree("Paris, France", "Paris", [])

@@ -165,3 +165,48 @@ def test_replay_turns_similarity_pairs_into_rerank_requests():
            Outcome("full", "cascade_escalated", 0.3, 0, reqs[1].label)]
     s = summarize(out, [reqs[0].label, reqs[1].label])
     assert s["tiers"]["pruned"]["share"] == 0.5 and s["accuracy"] == s["agreement"]
+
+
+def test_generate_routes_like_the_other_endpoints_and_agrees_on_answers():
+    d = choose_tier(_req(endpoint="generate"), _cfg(policy="cascade"))
+    assert (d.tier, d.cascade) == ("pruned", True)
+    assert choose_tier(_req(endpoint="generate", draw=0.7), _cfg()).tier == "full"
+    assert outputs_agree("generate", "Science.", " science\nmore") == [True]
+    assert outputs_agree("generate", "A game or science", "Science") == [False]
+    choices = ("games", "science")
+    assert outputs_agree("generate", "It is about science.", "Science", choices) == [True]
+    assert PolicyConfig.from_spec(ServingSpec(), {"threshold": -0.5, "confidence": "mean_logprob",
+                                                  "choices": list(choices)}).choices == choices
+
+
+def test_tokens_are_priced_and_counted():
+    from tierserve.serving.metrics import Events
+
+    cm = CostModel.from_spec(CostSpec(usdPerMillionTokensFull=2.0,
+                                      usdPerMillionTokensPruned=1.0), latency_ratio=0.5)
+    assert not cm.assumed
+    c = request_cost(cm, {"pruned": 1.0}, {"pruned": 500_000})
+    assert c.by_tier == {"pruned": pytest.approx(0.5)}
+    assert c.counterfactual == pytest.approx(1.0)  # the same tokens at full's price
+    esc = request_cost(cm, {"pruned": 1.0, "full": 2.0}, {"pruned": 100, "full": 1_000_000})
+    assert esc.total == pytest.approx(2.0001) and esc.savings == pytest.approx(-0.0001)
+    ev = Events()
+    ev.count_tokens("pruned", {"input_tokens": 40, "output_tokens": 7})
+    ev.count_tokens("pruned", {"input_tokens": 10})
+    assert ev.tokens == {("pruned", "input"): 50, ("pruned", "output"): 7} and not ev.empty()
+
+
+def test_replay_turns_prompts_into_generate_requests():
+    from tierserve.pruning.lm import LMData
+    from tierserve.serving.replay import Outcome, replay_requests, summarize
+
+    data = LMData(texts=("t",), prompts=("Is chess a game?", "Is DNA science?"),
+                  answers=("Games", "science."))
+    reqs = replay_requests(data)
+    assert [r.endpoint for r in reqs] == ["generate", "generate"]
+    assert reqs[0].body["prompt"] == "Is chess a game?" and [r.label for r in reqs] == [
+        "games", "science"]
+    out = [Outcome("pruned", "cascade_confident", 0.1, "games", "games"),
+           Outcome("full", "cascade_escalated", 0.2, "science", "biology")]
+    s = summarize(out, [r.label for r in reqs])
+    assert (s["accuracy"], s["agreement"], s["full_accuracy"]) == (1.0, 0.5, 0.5)
