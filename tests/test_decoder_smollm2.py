@@ -17,7 +17,7 @@ import yaml
 from tierserve.pruning.adapters import adapter_for
 from tierserve.pruning.artifact import load_pruned, save_pruned
 from tierserve.pruning.engine import PruneConfig, prune
-from tierserve.pruning.lm import generate, load_lm_data, perplexity_pass
+from tierserve.pruning.lm import generate, generate_batch, load_lm_data, perplexity_pass
 from tierserve.pruning.structure import Budget
 from tierserve.pruning.tasks import load_task_model
 
@@ -135,15 +135,22 @@ def test_strict_perplexity_gate_fails_job_with_exit_code_2(smollm2_path, lm_data
     assert (Path(report["artifact"]["path"]) / "model" / "pruning.json").is_file()
 
 
-def test_generate_reply_stream_and_cascade_rule(smollm2):
-    from tierserve.serving.generate import generate_reply, should_escalate, stream_pieces
+def test_tier_generate_batches_and_streams_the_same_answers(smollm2):
+    """What a Serve tier runs for /v1/generate: a batch of two prompts (left-padded, one
+    `generate` call) and one prompt streamed, against plain greedy generation."""
+    from tierserve.serving.generate import generate_replies, stream_reply
 
-    req = {"prompt": PROMPTS[0], "max_new_tokens": 8}
-    reply = generate_reply(smollm2, req, "pruned")
-    assert reply["text"] == generate(smollm2, [PROMPTS[0]], max_new_tokens=8)[0]
-    assert "".join(stream_pieces(smollm2, req)).strip() == reply["text"].strip()
-    assert 1 <= reply["tokens"] <= 8 and reply["prompt_tokens"] > 5
-    assert reply["mean_logprob"] < 0
-    assert should_escalate(reply, reply["mean_logprob"] + 0.01)
-    assert not should_escalate(reply, reply["mean_logprob"] - 0.01)
-    assert not should_escalate(reply, None)
+    reqs = [{"op": "generate", "texts": [p], "max_new_tokens": 8} for p in PROMPTS]
+    replies = generate_replies(smollm2, reqs, "pruned")
+    alone = [generate_batch(smollm2, [p], max_new_tokens=8, batch_size=1)[0] for p in PROMPTS]
+    for reply, gen in zip(replies, alone, strict=True):
+        assert reply["tier"] == "pruned" and reply["text"] == gen.text
+        assert reply["output_tokens"] == gen.tokens and 1 <= gen.tokens <= 8
+        assert reply["input_tokens"] == gen.prompt_tokens > 5
+        assert reply["mean_logprob"] == pytest.approx(gen.mean_logprob, abs=1e-3) < 0
+    assert sum(r["compute_s"] for r in replies) > 0
+    items = list(stream_reply(smollm2, reqs[0], "full"))
+    *pieces, done = items
+    assert done["done"] and done["tier"] == "full" and len(pieces) >= 1
+    assert "".join(p["text"] for p in pieces) == done["text"] == alone[0].text
+    assert done["mean_logprob"] == pytest.approx(alone[0].mean_logprob, abs=1e-4)
