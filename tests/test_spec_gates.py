@@ -25,10 +25,23 @@ def _with(path: str, value):
 
 
 def test_examples_parse_as_manifests(repo_root):
+    """Every example parses, is named after its file, and names a model and data files that
+    exist here (relative data paths are relative to the manifest)."""
+    from tierserve.pruning.storage import resolve
+
+    tasks = set()
     for path in sorted((repo_root / "examples").glob("*.yaml")):
         spec, name = load_spec(path)
         assert name == path.stem
-        assert spec.model.task.value == "embedding"
+        assert resolve(spec.model.uri).exists(), spec.model.uri
+        tasks.add(spec.model.task.value)
+        for split in ("calibration", "validation", "evaluation"):
+            src = getattr(spec.data, split)
+            for field in ("uri", "queries", "corpus", "qrels"):
+                value = getattr(src, field, None) if src is not None else None
+                if value:
+                    assert (path.parent / value).is_file(), (path.name, split, field, value)
+    assert tasks == {"embedding", "text-generation"}
 
 
 @pytest.mark.parametrize("path,value,field", [
