@@ -276,7 +276,8 @@ def task_choices(answers: Sequence[str]) -> list[str]:
 
 def answer_choice(text: str, choices: Sequence[str]) -> str | None:
     """The one choice the first line names, or None (none, or a hedge naming several)."""
-    named = [c for c in choices if _mentions(normalize_answer(text), c)]
+    line = normalize_answer(text)
+    named = [c for c in choices if _mentions(line, c)]
     return named[0] if len(named) == 1 else None
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CostModel", "RequestCost", "request_cost"]
+__all__ = ["CostModel", "RequestCost", "reply_tokens", "request_cost"]
 
 ASSUMED_USD_PER_REPLICA_HOUR = 1.0
 
@@ -66,6 +66,11 @@ class RequestCost:
     @property
     def savings(self) -> float:
         return self.counterfactual - self.total
+
+
+def reply_tokens(reply: dict) -> int:
+    """Tokens a tier processed for one reply: its input plus its output tokens."""
+    return int(reply.get("input_tokens", 0)) + int(reply.get("output_tokens", 0))
 
 
 def request_cost(model: CostModel, compute: dict[str, float],

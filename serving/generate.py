@@ -1,8 +1,8 @@
 """`/v1/generate` for decoder-LM tiers: request/response models, what a tier does for
 op="generate" (whole answers, batched; or one answer streamed), and Server-Sent Events framing.
 
-A tier's reply to a generate request carries `text`, `tokens` (answer tokens, its EOS included),
-`prompt_tokens` (chat template included), `mean_logprob` (the cascade's confidence, computed as
+A tier's reply to a generate request carries `text`, `output_tokens` (answer tokens, its EOS
+included), `input_tokens` (the prompt, chat template included), `mean_logprob` (the cascade's confidence, computed as
 the job's calibration computes it: `pruning.lm.generate_batch`) and `compute_s` (replica seconds
 the request used: its token share of a batched `generate` call, or the whole call when alone).
 
@@ -20,7 +20,10 @@ from collections.abc import Iterator
 
 from pydantic import BaseModel, Field
 
-__all__ = ["GenerateRequest", "GenerateResponse", "generate_replies", "sse", "stream_reply"]
+from .api import Routed
+
+__all__ = ["GenerateRequest", "GenerateResponse", "answer_fields", "generate_replies", "sse",
+           "stream_reply"]
 
 
 class GenerateRequest(BaseModel):
@@ -29,12 +32,7 @@ class GenerateRequest(BaseModel):
     stream: bool = Field(False, description="Stream text pieces as Server-Sent Events")
 
 
-class GenerateResponse(BaseModel):
-    model: str
-    tier: str = Field(description="full | pruned: the tier that answered")
-    reason: str = Field(description="split | cascade_confident | cascade_escalated | rule | "
-                        "fallback | shadow_fallback")
-    confidence: float | None = Field(None, description="cascade: pruned's mean token log-prob")
+class GenerateResponse(Routed):  # confidence: under cascade, pruned's mean token log-prob
     text: str
     tokens: int = Field(description="Generated tokens (counted by the token cost metrics)")
     prompt_tokens: int
@@ -42,10 +40,15 @@ class GenerateResponse(BaseModel):
 
 
 def _reply(gen, tier: str, compute_s: float) -> dict:
-    return {"tier": tier, "text": gen.text, "outputs": gen.text, "tokens": gen.tokens,
+    return {"tier": tier, "text": gen.text, "outputs": gen.text,
             "input_tokens": gen.prompt_tokens, "output_tokens": gen.tokens,
-            "prompt_tokens": gen.prompt_tokens, "mean_logprob": gen.mean_logprob,
-            "compute_s": compute_s}
+            "mean_logprob": gen.mean_logprob, "compute_s": compute_s}
+
+
+def answer_fields(reply: dict) -> dict:
+    """The answer part of a `GenerateResponse` (and of a stream's last event) from a reply."""
+    return {"text": reply["text"], "tokens": reply["output_tokens"],
+            "prompt_tokens": reply["input_tokens"], "mean_logprob": reply["mean_logprob"]}
 
 
 def generate_replies(tm, reqs: list[dict], tier: str) -> list[dict]:

@@ -117,7 +117,7 @@ def summarize(outcomes: list[Outcome], labels: list[int | str]) -> dict:
     reasons: dict[str, int] = {}
     for o in outcomes:
         reasons[o.reason] = reasons.get(o.reason, 0) + 1
-    correct = _correct(labels)
+    correct, agree = _correct(labels), _agree(labels)
     pairs = list(zip(outcomes, labels, strict=True))
     return {"requests": n, "tiers": tiers, "reasons": reasons,
             "p50_s": _pct([o.seconds for o in outcomes], 50),
@@ -125,8 +125,8 @@ def summarize(outcomes: list[Outcome], labels: list[int | str]) -> dict:
             "accuracy": float(np.mean([correct(o.answer, y) for o, y in pairs])) if n else None,
             "full_accuracy": (float(np.mean([correct(o.reference, y) for o, y in pairs]))
                               if n else None),
-            "agreement": float(np.mean([_agree(labels)(o.answer, o.reference)
-                                        for o in outcomes])) if n else None}
+            "agreement": float(np.mean([agree(o.answer, o.reference) for o in outcomes]))
+                         if n else None}
 
 
 def _agree(labels: list) -> Callable[[object, object], bool]:

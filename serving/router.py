@@ -39,8 +39,8 @@ from .api import (
     RerankResponse,
     api,
 )
-from .cost import CostModel, request_cost
-from .generate import GenerateRequest, GenerateResponse, sse
+from .cost import CostModel, reply_tokens, request_cost
+from .generate import GenerateRequest, GenerateResponse, answer_fields, sse
 from .metrics import FLUSH_S, Events, stats_actor
 from .policy import (
     FULL,
@@ -161,9 +161,7 @@ class Router:
         if body.stream:
             return await self._stream([body.prompt], req, request)
         reply, tier, reason, conf = await self._route("generate", [body.prompt], request, req)
-        return {**self._routed(tier, reason, conf), "text": reply["text"],
-                "tokens": reply["tokens"], "prompt_tokens": reply["prompt_tokens"],
-                "mean_logprob": reply["mean_logprob"]}
+        return {**self._routed(tier, reason, conf), **answer_fields(reply)}
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -239,8 +237,7 @@ class Router:
     def _account(self, f: "Flight", tier: str, reply: dict) -> None:
         """A tier's reply: its replica time and tokens go to this request's cost and metrics."""
         f.compute[tier] = f.compute.get(tier, 0.0) + reply["compute_s"]
-        f.tokens[tier] = f.tokens.get(tier, 0) + reply.get("input_tokens", 0) + reply.get(
-            "output_tokens", 0)
+        f.tokens[tier] = f.tokens.get(tier, 0) + reply_tokens(reply)
         self.events.count_tokens(tier, reply)
 
     def _finish(self, f: "Flight") -> None:
@@ -314,8 +311,7 @@ class Router:
         yield sse(self._done(f, item))
 
     def _done(self, f: "Flight", reply: dict) -> dict:
-        return {"done": True, **self._routed(f.tier, f.reason, f.conf), "tokens": reply["tokens"],
-                "prompt_tokens": reply["prompt_tokens"], "mean_logprob": reply["mean_logprob"]}
+        return {"done": True, **self._routed(f.tier, f.reason, f.conf), **answer_fields(reply)}
 
     # -- shadow ---------------------------------------------------------------------------------
     def _shadow(self, info: RequestInfo, op: str, req: dict, tier: str, reason: str,
@@ -335,8 +331,8 @@ class Router:
         except Exception as err:  # noqa: BLE001 - a failed shadow call is only logged
             log.warning("shadow call to %s failed: %s", other, _brief(err))
             return
-        used = theirs.get("input_tokens", 0) + theirs.get("output_tokens", 0)
-        self.events.spend({other: self.costs.tier_cost(other, theirs["compute_s"], used)}, 0.0)
+        self.events.spend({other: self.costs.tier_cost(other, theirs["compute_s"],
+                                                       reply_tokens(theirs))}, 0.0)
         self.events.count_tokens(other, theirs)
         pruned, full = (reply, theirs) if tier == PRUNED else (theirs, reply)
         if tier == FULL:  # tripped: would the policy have let pruned answer?

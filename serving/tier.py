@@ -101,10 +101,10 @@ class Tier:
         tokens = batch["attention_mask"].sum(1).numpy().astype(float)  # (N,)
         replies, i = [], 0
         for r, ps in zip(reqs, pieces, strict=True):
-            rows, share = out[i:i + len(ps)], tokens[i:i + len(ps)].sum() / tokens.sum()
+            rows, used = out[i:i + len(ps)], tokens[i:i + len(ps)].sum()
             i += len(ps)
-            replies.append({"tier": self.tier, "compute_s": float(seconds * share),
-                            "input_tokens": int(tokens[i - len(ps):i].sum()),
+            replies.append({"tier": self.tier, "compute_s": float(seconds * used / tokens.sum()),
+                            "input_tokens": int(used),
                             **self._shape(r["op"], rows)})
         return replies
 
