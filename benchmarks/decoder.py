@@ -17,6 +17,7 @@ from one scoring pass shared by all rows. Writes the JSON to --out and the same 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -41,6 +42,7 @@ from tierserve.pruning.lm import (
     load_lm_data,
     perplexity_pass,
 )
+from tierserve.pruning.recovery import distill_texts
 from tierserve.pruning.structure import Budget
 from tierserve.pruning.tasks import load_task_model
 
@@ -97,10 +99,31 @@ def _row(full, scores, batches, shape, test, prompts, base, structures, level, s
             "prefill_speedup": pre, "decode_speedup": dec, "ideal_speedup": ideal,
             "prefill_vs_ideal": pre / ideal, "decode_vs_ideal": dec / ideal,
             "prune_seconds": seconds, "layers_kept": len(plan["layers_kept"]),
-            "heads_kept": plan["heads_kept"], "latency": lat}
+            "heads_kept": plan["heads_kept"], "latency": lat, "_result": result}
 
 
-def run(s: Settings) -> dict:
+def _distill_row(full, result, calib: LMData, test, prompts, base, row: dict, steps: int) -> dict:
+    """The distilled twin of one row: token-level KL on the calibration texts and the prompts
+    followed by the full model's greedy continuations (the job's own distillation stage)."""
+    from tierserve.pruning.recovery import DistillConfig, distill_stage
+    from tierserve.pruning.recovery.distillation import greedy_continuations
+
+    student = replace(result.model, model=copy.deepcopy(result.model.model))
+    texts = distill_texts(calib, continuations=lambda p: greedy_continuations(full, p))
+    sec, _ = distill_stage(student, full, texts, DistillConfig(steps=steps, batch_size=4, lr=1e-4),
+                           kept_layers=result.structure.kept_layers)
+    ppl, _, task = _quality(student, test, prompts)
+    acc_full = base["task"]["accuracy"] or float("nan")
+
+    def fields(p: float, acc: float, n: int) -> dict:
+        return {"structures": row["structures"], "per_token_flops_removed": row["achieved"],
+                "distill_steps": n, "perplexity_ratio": p / base["ppl"],
+                "task_accuracy_ratio": acc / acc_full}
+    return {**fields(ppl, task["accuracy"], sec["steps"]), "distill_seconds": sec["seconds"],
+            "baseline": fields(row["ppl_pruned"], row["task_acc_pruned"], 0)}
+
+
+def run(s: Settings, distill_steps: int = 0) -> dict:
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     full = load_task_model(smollm2_dir(), "text-generation", max_length=s.max_length)
@@ -115,13 +138,21 @@ def run(s: Settings) -> dict:
     base = {"score_seconds": time.perf_counter() - t0}
     base["ppl"], base["top1"], base["task"] = _quality(full, test, prompts)
     shape = ModelShape.from_adapter(adapter_for(full.model))
-    rows = []
+    rows, distilled = [], []
     for level in s.levels:
         for structures in (("heads", "neurons"), ("layers",)):
             rows.append(_row(full, scores, batches, shape, test, prompts, base, structures,
                              level, s))
             print(json.dumps({k: rows[-1][k] for k in KEYS}), flush=True)
-    return {"rows": rows, "settings": s.__dict__, "score_seconds": base["score_seconds"]}
+            if distill_steps:
+                distilled.append(_distill_row(full, rows[-1].pop("_result"), calib, test,
+                                              prompts, base, rows[-1], distill_steps))
+                print(json.dumps(distilled[-1]), flush=True)
+            rows[-1].pop("_result", None)
+    doc = {"rows": rows, "settings": s.__dict__, "score_seconds": base["score_seconds"]}
+    if distilled:
+        doc["distill_rows"] = distilled
+    return doc
 
 
 def _markdown(doc: dict) -> str:
@@ -152,12 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decoder.json"))
     parser.add_argument("--no-rescale", action="store_true", help="skip the LS rescale")
     parser.add_argument("--criterion", default="fisher", help="importance for heads and neurons")
+    parser.add_argument("--distill-steps", type=int, default=0,
+                        help="also a distilled twin of every row (`distill_rows`)")
     args = parser.parse_args(argv)
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     settings = QUICK if args.quick else Settings()
     doc = run(replace(settings, rescale=settings.rescale and not args.no_rescale,
-                      criterion=args.criterion))
+                      criterion=args.criterion), args.distill_steps)
     doc["header"] = (f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
                      f"`{shlex.join(['python', 'benchmarks/decoder.py', *(argv or sys.argv[1:])])}`,"
                      f" {platform.machine()}, torch {torch.__version__}, {THREADS} threads, load "

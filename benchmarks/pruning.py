@@ -500,8 +500,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="also the SmolLM2-135M decoder rows (width vs depth at 25%% and 50%% of "
                          "per-token FLOPs: benchmarks/decoder.py), written to "
                          "results/decoder.{json,md} next to --out")
+    ap.add_argument("--distill", action="store_true",
+                    help="only the distillation rows (MiniLM 50%% and 70%% FLOPs, distilled vs "
+                         "undistilled twin): merged into --out's `rows`, other rows kept")
+    ap.add_argument("--distill-seconds", type=float, default=None,
+                    help="wall-time budget of each distillation (default 600; 20 with --quick)")
+    ap.add_argument("--distill-levels", type=float, nargs="+", default=None,
+                    help="FLOPs levels of the distillation rows (default 0.5 0.7)")
+    ap.add_argument("--test-queries", type=int, default=None,
+                    help="--distill: the first N test queries (default 1000; 64 with --quick)")
     args = ap.parse_args(argv)
     torch.set_num_threads(THREADS)
+    if args.distill:
+        return main_distill(args)
     settings = QUICK if args.quick else FULL
     if args.test_docs is not None:
         settings = replace(settings, test_docs=args.test_docs)
@@ -518,6 +529,52 @@ def main(argv: list[str] | None = None) -> int:
         decoder.main([*(["--quick"] if args.quick else []), "--no-rescale",
                       "--out", str(args.out.with_name("decoder.json"))])
     return 0
+
+
+def main_distill(args) -> int:
+    """`--distill`: the distillation rows, merged into an existing result file."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from distill_rows import DistillSettings, run_distill
+
+    s = QUICK if args.quick else FULL
+    if args.test_docs is not None:
+        s = replace(s, test_docs=args.test_docs)
+    if args.test_queries is not None:
+        s = replace(s, test_queries=args.test_queries)
+    ds = DistillSettings(levels=tuple(args.distill_levels or ((0.5,) if args.quick else (0.5, 0.7))),
+                         max_seconds=args.distill_seconds or (20.0 if args.quick else 600.0))
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    meta = metadata(s)
+    full = load_task_model(minilm_dir(), "embedding")
+    test, calib = load_test(full, s), load_calibration(s)
+    cal = _debian("calibration")
+    rows = run_distill(full, test, full.batches(calib, 32), cal, ds, console.log)
+    doc = json.loads(args.out.read_text()) if args.out.is_file() else {"rows": []}
+    doc["rows"] = [r for r in doc.get("rows", []) if "distill_steps" not in r] + rows
+    meta.update(loadavg_end=list(os.getloadavg()), distill_settings=asdict(ds),
+                test_queries=len(test.query_ids), test_docs=len(test.doc_ids))
+    doc["distillation"] = {"metadata": meta}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    md = args.out.with_suffix(".md")
+    rep = Report(console)
+    show_distill(rep, rows, meta)
+    old = md.read_text().split("\n### 6. Distillation")[0] if md.is_file() else ""
+    md.write_text(old.rstrip("\n") + "\n\n" + "\n".join(rep.md))
+    console.print(f"wrote {args.out} (rows) and {md}")
+    return 0
+
+
+def show_distill(rep: Report, rows: list[dict], meta: dict) -> None:
+    cols = ("quality_kept", "top1_agreement", "cross_tier_kept", "embedding_cosine")
+    table = [[r["criterion"], f"{r['flops_removed']:.3f}", str(r["distill_steps"]),
+              _f(r["distill_seconds"], 0), r["device"],
+              *(f"{_f(r['baseline'][c])} -> {_f(r[c])}" for c in cols)] for r in rows]
+    rep.table(f"6. Distillation (MiniLM, undistilled -> distilled; calibration split only, judged "
+              f"on {meta['test_queries']} test queries x {meta['test_docs']} docs; load average "
+              f"{meta['loadavg_start'][0]:.1f} at start: wall times are under load)",
+              ["criterion", "FLOPs removed", "steps", "wall s", "device", "NDCG@10 kept",
+               "top-1 agr", "cross-tier kept", "cosine"], table)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,22 @@
    tier and (b) over HTTP through the proxy and the router (`X-Tier: pruned`). Overhead =
    (b) - (a) at p50 and p99; the router's own time (policy, metrics, tiers excluded, from its
    `x-tierserve-router-ms` header) is reported beside it.
+   The fair baseline: the same request to a single-tier app (serving/single.py: the pruned tier
+   as its own ingress) behind the same proxy; `overhead_ms.routed_minus_single_p50` is the
+   router's hop.
 2. Throughput at saturation on this machine's 2 cores: 16 concurrent HTTP clients, cascade.
 3. Split vs cascade: every test-split rerank request answered by BOTH tiers through their
    handles (outputs and measured compute seconds); each policy row then applies the pure
    policy (`policy.py`, `calibration.py`) and cost model (`cost.py`) to those real answers.
    Savings = 1 - cost / all-full cost, priced by replica time. A live cascade row replays the
    same requests through the router and reads the stats actor.
-Writes benchmarks/results/serving.json.
+4. Load table (`load`): 1/4/16/64 closed-loop clients for a one-query (1q) and a 32-text (32t)
+   /v1/embed body: throughput, p50, p99, errors (503s from back-pressure count as errors).
+5. Fault table (`faults`): the same load while the pruned, full, then router replica is killed.
+   (benchmarks/serving_load.py has both.)
+`--only load,faults` runs a subset; `--smoke` runs tiny sizes (proves it works, numbers mean
+nothing) into runs/serving-smoke.json. Merges into benchmarks/results/serving.json (other keys,
+e.g. `frontier`, are kept).
 """
 
 from __future__ import annotations
@@ -88,12 +97,13 @@ def both_tiers(app: str, reqs) -> dict:
     """Each request through each tier's handle: outputs and compute seconds."""
     from ray import serve
 
+    from tierserve.serving.capacity import ask_all
+
     out = {}
     for tier in ("pruned", "full"):
         h = serve.get_deployment_handle(tier, app_name=app)
-        calls = [h.infer.remote({"op": "rerank", "texts": [r.body["query"], *r.body["documents"]]})
-                 for r in reqs]
-        res = [c.result() for c in calls]
+        res = ask_all(h, [{"op": "rerank", "texts": [r.body["query"], *r.body["documents"]]}
+                          for r in reqs])  # windowed: the tier's queue is bounded
         out[tier] = {"scores": [x["outputs"] for x in res],
                      "compute_s": np.array([x["compute_s"] for x in res])}
     return out
@@ -130,80 +140,176 @@ def policy_rows(tiers: dict, labels: np.ndarray, cal_threshold: float) -> list[d
 
 
 def _table(result: dict) -> str:
-    o = result["overhead_ms"]
-    lines = ["| measure | p50 | p99 |", "|---|---|---|",
-             f"| direct handle call to pruned | {o['direct_p50']:.2f} ms | {o['direct_p99']:.2f} ms |",
-             f"| HTTP -> proxy -> router -> pruned | {o['routed_p50']:.2f} ms | {o['routed_p99']:.2f} ms |",
-             f"| router overhead (difference) | {o['overhead_p50']:.2f} ms | {o['overhead_p99']:.2f} ms |"]
+    lines: list[str] = []
+    o = result.get("overhead_ms") or {}
+    if "direct_p50" in o:
+        lines += ["| measure | p50 | p99 |", "|---|---|---|",
+                  f"| direct handle call to pruned | {o['direct_p50']:.2f} ms | {o['direct_p99']:.2f} ms |",
+                  f"| HTTP -> proxy -> router -> pruned | {o['routed_p50']:.2f} ms | {o['routed_p99']:.2f} ms |",
+                  f"| router overhead (difference) | {o['overhead_p50']:.2f} ms | {o['overhead_p99']:.2f} ms |"]
     if "router_own_p50" in o:
         lines.append(f"| router's own time (tiers excluded) | {o['router_own_p50']:.3f} ms | "
                      f"{o['router_own_p99']:.3f} ms |")
-    lines += ["", f"throughput at saturation (16 clients, cascade): {result['throughput_rps']:.1f} "
-              "requests/s", "", "| policy | threshold | pruned share | agreement | quality (hit@1) "
-              "| savings |", "|---|---|---|---|---|---|"]
-    for r in result["policies"]:
-        lines.append(f"| {r['policy']} | {r['threshold']:.4f} | {r['pruned_share']:.3f} | "
-                     f"{r['agreement']:.3f} | {r['quality']:.3f} | {r['savings']:.1%} |")
+    if "single_p50" in o:
+        lines += [f"| HTTP -> proxy -> single-tier app (same model) | {o['single_p50']:.2f} ms | "
+                  f"{o['single_p99']:.2f} ms |",
+                  f"| routed - single (the router's hop) | {o['routed_minus_single_p50']:.2f} ms | "
+                  f"{o['routed_minus_single_p99']:.2f} ms |"]
+    if "throughput_rps" in result:
+        lines += ["", f"throughput at saturation (16 clients, cascade): "
+                  f"{result['throughput_rps']:.1f} requests/s"]
+    if result.get("policies"):
+        lines += ["", "| policy | threshold | pruned share | agreement | quality (hit@1) | savings |",
+                  "|---|---|---|---|---|---|"]
+        for r in result["policies"]:
+            lines.append(f"| {r['policy']} | {r['threshold']:.4f} | {r['pruned_share']:.3f} | "
+                         f"{r['agreement']:.3f} | {r['quality']:.3f} | {r['savings']:.1%} |")
+    if result.get("load"):
+        lines += ["", "| body | clients | req/s | p50 | p99 | errors |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['body']} | {r['clients']} | {r['rps']:.1f} | {r['p50_ms']:.0f} ms | "
+                  f"{r['p99_ms']:.0f} ms | {r['errors']} |" for r in result["load"]]
+    if result.get("faults"):
+        lines += ["", "| kill | failed | requests | max extra wait | lost metric events |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['kill']} | {r['failed']} | {r['requests']} | "
+                  f"{r['max_extra_wait_s']:.2f} s | {r['lost_metric_events']} |"
+                  for r in result["faults"]]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--frontier" in argv:  # the savings frontier: benchmarks/frontier.py (issue 15)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import frontier
+
+        return frontier.main([a for a in argv if a != "--frontier"])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", default=str(ROOT / "examples/minilm-pass.yaml"))
     ap.add_argument("--out", default=str(ROOT / "runs/minilm-pass"))
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--overhead-n", type=int, default=300)
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections of "
+                    f"{', '.join(SECTIONS)}")
+    ap.add_argument("--clients", default="1,4,16,64", help="load table levels")
+    ap.add_argument("--load-seconds", type=float, default=20.0)
+    ap.add_argument("--fault-clients", type=int, default=8)
+    ap.add_argument("--fault-seconds", type=float, default=30.0)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes to prove it runs; writes "
+                    "runs/serving-smoke.json unless --result is given (numbers mean nothing)")
+    ap.add_argument("--result", default=None, help="default benchmarks/results/serving.json")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.requests, args.overhead_n, args.seconds = 40, 30, 3.0
+        args.clients, args.load_seconds, args.fault_seconds = "1,4", 3.0, 12.0
+    dest = Path(args.result or ROOT / ("runs/serving-smoke.json" if args.smoke
+                                       else "benchmarks/results/serving.json"))
+    app = _start(args)
+    if app is None:
+        return 1
+    result = _run_sections(args, set(args.only.split(",")), *app)
+    result.update(machine={"cpus": os.cpu_count(), "processor": platform.processor(),
+                           "load_avg_at_end": os.getloadavg()}, date=time.strftime("%Y-%m-%d"))
+    merged = _merge(dest, result)
+    print(_table(merged))
+    print(f"wrote {dest}")
+    from ray import serve
 
+    serve.shutdown()
+    import ray
+
+    ray.shutdown()
+    return 0
+
+
+SECTIONS = ("overhead", "policies", "throughput", "load", "faults")
+
+
+def _start(args):
+    """The job (reused when cached), then the routed app `bench` at / on a local Serve."""
     import ray
     import yaml
     from ray import serve
 
-    from tierserve.pruning.inputs import load_inputs
     from tierserve.pruning.job import run_job
     from tierserve.pruning.spec import load_spec
     from tierserve.serving.app import build_app
     from tierserve.serving.embedded import _absolute_model_uri, _ensure_calibration
-    from tierserve.serving.replay import replay_requests
 
     spec, name = load_spec(args.spec)
     base = Path(args.spec).resolve().parent
     report, code = run_job(spec, args.out, name=name, base_dir=base)
     if code != 0:
         print("gates failed; nothing to serve", file=sys.stderr)
-        return code
+        return None
     report = _ensure_calibration(report, spec, base, Path(args.out).resolve())
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    port = 8765
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # logical: 2 tiers + the
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})    # single-tier baseline
     doc = yaml.safe_load(Path(args.spec).read_text())
     spec_doc = _absolute_model_uri(doc.get("spec", doc), base)
     serve.run(build_app({"name": "bench", "spec": spec_doc, "report": str(Path(args.out).resolve())}),
               name="bench", route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
+    return spec, base, report, spec_doc
+
+
+PORT = 8765
+
+
+def _run_sections(args, sections: set[str], spec, base, report, spec_doc) -> dict:
+    from ray import serve
+
+    from tierserve.pruning.inputs import load_inputs
+    from tierserve.serving.replay import replay_requests
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import serving_load as sl
+
+    url, say = f"http://127.0.0.1:{PORT}", (lambda m: print(m, file=sys.stderr))
     reqs = replay_requests(load_inputs(spec, base).evaluation, args.requests)
-    labels = np.array([r.label for r in reqs])
-    print(f"overhead: {args.overhead_n} alternating calls ...", file=sys.stderr)
-    ov = overhead(url, serve.get_deployment_handle("pruned", app_name="bench"), args.overhead_n)
-    print(f"policies: {len(reqs)} requests through both tiers ...", file=sys.stderr)
-    rows = policy_rows(both_tiers("bench", reqs), labels, report["calibration"]["threshold"])
-    print(f"throughput: {args.seconds:.0f} s at 16 clients ...", file=sys.stderr)
-    rps = asyncio.run(_saturate(url, [r.body for r in reqs], 16, args.seconds))
-    result = {"router_overhead_p50_ms": ov["overhead_p50"], "router_overhead_p99_ms": ov["overhead_p99"],
-              "throughput_rps": rps, "policies": rows, "overhead_ms": ov,
-              "calibration": report["calibration"], "requests": len(reqs),
-              "machine": {"cpus": os.cpu_count(), "processor": platform.processor(),
-                          "load_avg_at_end": os.getloadavg()},
-              "date": time.strftime("%Y-%m-%d")}
-    dest = ROOT / "benchmarks/results/serving.json"
+    result: dict = {"requests": len(reqs)}
+    if "overhead" in sections:
+        say(f"overhead: {args.overhead_n} alternating calls (direct handle; single-tier app) ...")
+        ov = overhead(url, serve.get_deployment_handle("pruned", app_name="bench"), args.overhead_n)
+        from tierserve.serving.single import build_single
+
+        serve.run(build_single({"spec": spec_doc, "artifact": report["artifact"]["uri"]}),
+                  name="single", route_prefix="/single")
+        ov.update(sl.overhead_vs_single(url, f"{url}/single", args.overhead_n))
+        serve.delete("single")
+        result.update(router_overhead_p50_ms=ov["overhead_p50"],
+                      router_overhead_p99_ms=ov["overhead_p99"], overhead_ms=ov)
+    if "policies" in sections:
+        say(f"policies: {len(reqs)} requests through both tiers ...")
+        labels = np.array([r.label for r in reqs])
+        result.update(policies=policy_rows(both_tiers("bench", reqs), labels,
+                                           report["calibration"]["threshold"]),
+                      calibration=report["calibration"])
+    if "throughput" in sections:
+        say(f"throughput: {args.seconds:.0f} s at 16 clients ...")
+        result["throughput_rps"] = asyncio.run(_saturate(url, [r.body for r in reqs], 16,
+                                                         args.seconds))
+    bodies = sl.bodies([r.body["query"] for r in reqs],
+                       [d for r in reqs for d in r.body["documents"]])
+    if "load" in sections:
+        levels = [int(c) for c in args.clients.split(",")]
+        result["load"] = sl.load_table(url, bodies, levels, args.load_seconds, say)
+    if "faults" in sections:
+        result["faults"] = sl.fault_table(url, "bench", reqs[0].body, args.fault_clients,
+                                          args.fault_seconds, say)
+    return result
+
+
+def _merge(dest: Path, result: dict) -> dict:
+    """Merge into the existing file: other keys (e.g. issue 15's `frontier`) are kept, and
+    `overhead_ms` is merged key by key."""
+    old = json.loads(dest.read_text()) if dest.exists() else {}
+    merged = {**old, **result}
+    if "overhead_ms" in result:
+        merged["overhead_ms"] = {**old.get("overhead_ms", {}), **result["overhead_ms"]}
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(result, indent=2) + "\n")
-    print(_table(result))
-    print(f"wrote {dest}")
-    serve.shutdown()
-    ray.shutdown()
-    return 0
+    dest.write_text(json.dumps(merged, indent=2) + "\n")
+    return merged
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from . import k8s, kuberay, names
 from . import raycluster as rc
 from . import report_store as rs
 from .config import OperatorConfig
+from .datapaths import resolve_data_paths
 from .live import read_live
 from .reconcile import Decision, Event, Observed, ServeState
 
@@ -24,6 +25,25 @@ __all__ = ["KubeRayBackend", "RayClusterBackend", "backend_for"]
 
 def _meta(pm: dict[str, Any]) -> tuple[str, str]:
     return pm["metadata"]["namespace"], pm["metadata"]["name"]
+
+
+_FOLLOWED: set[str] = set()  # jobs this operator process created or adopted (JobAdopted once)
+
+
+def _job_event(job: str, created: bool) -> list[Event]:
+    """JobCreated for a new job; JobAdopted the first time this process follows an old one."""
+    if created:
+        _FOLLOWED.add(job)
+        return [Event("Normal", names.Reason.job_created, job)]
+    if job in _FOLLOWED:
+        return []
+    _FOLLOWED.add(job)
+    return [Event("Normal", names.Reason.job_adopted, f"{job}: found it already submitted")]
+
+
+def job_spec(pm: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
+    """The spec the job is given: relative data paths resolved against the declared base."""
+    return resolve_data_paths(pm["spec"], cfg.data_base)
 
 
 def _with_live(serve: ServeState) -> ServeState:
@@ -59,12 +79,15 @@ class KubeRayBackend:
     def apply(self, pm: dict[str, Any], d: Decision) -> list[Event]:
         events: list[Event] = []
         if d.run_job:
-            for child in (kuberay.build_configmap(pm, d.spec_hash), kuberay.build_role(pm, d.spec_hash),
+            resolved = {**pm, "spec": job_spec(pm, self.cfg)}
+            for child in (kuberay.build_configmap(resolved, d.spec_hash),
+                          kuberay.build_role(pm, d.spec_hash),
                           kuberay.build_rolebinding(pm, d.spec_hash, self.cfg)):
                 k8s.create_if_absent(child)
-            if k8s.create_if_absent(kuberay.build_rayjob(pm, d.spec_hash, self.cfg)):
-                events.append(Event("Normal", names.Reason.job_created,
-                                    f"RayJob {self.job_name(pm, d.spec_hash)}"))
+            created = k8s.create_if_absent(kuberay.build_rayjob(pm, d.spec_hash, self.cfg))
+            events += _job_event(f"RayJob {self.job_name(pm, d.spec_hash)}", created)
+        if d.stop_job:  # pending past its deadline: the outcome is in status, the job goes
+            k8s.delete("RayJob", pm["metadata"]["namespace"], self.job_name(pm, d.spec_hash))
         if d.serve:
             events += self._serve(pm, d.serve)
         self._collect(pm, d)
@@ -141,26 +164,34 @@ class RayClusterBackend:
         report, progress, error, info = self._report(sid)
         serve = rc.app_state(rc.get_apps(self.url), names.app_name(ns, name),
                              self._known(pm.get("status") or {}))
-        return Observed(job=rc.job_state(info, sid, error), report=report, progress=progress,
+        return Observed(job=rc.job_state(info, sid, error, self.cfg.job_cpus), report=report,
+                        progress=progress,
                         serve=_with_live(serve))
 
     def entrypoint(self, pm: dict[str, Any], h: str) -> str:
         ns, name = _meta(pm)
-        return shlex.join([self.cfg.job_python, "-m", "tierserve.operator.jobrunner",
-                           "--spec-json", json.dumps(pm["spec"], sort_keys=True),
+        # -P: the job's working directory is not on sys.path, so nothing there can shadow the
+        # installed package (a `tierserve/` folder in the Ray node's cwd, say)
+        return shlex.join([self.cfg.job_python, "-P", "-m", "tierserve.operator.jobrunner",
+                           "--spec-json", json.dumps(job_spec(pm, self.cfg), sort_keys=True),
                            "--name", name, "--out", self.cfg.out_dir(ns, name, h)])
 
     def apply(self, pm: dict[str, Any], d: Decision) -> list[Event]:
         events: list[Event] = []
         sid = self.job_name(pm, d.spec_hash)
-        if d.run_job and rc.job_info(self.url, sid) is None:
-            created = rc.submit_job(self.url, sid, self.entrypoint(pm, d.spec_hash),
-                                    env_vars={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
-                                    metadata={"tierserve.io/prunedmodel": pm["metadata"]["name"]})
-            reason = names.Reason.job_created if created else names.Reason.job_adopted
-            events.append(Event("Normal", reason, f"Ray job {sid}"))
+        if d.run_job:
+            created = rc.job_info(self.url, sid) is None and rc.submit_job(
+                self.url, sid, self.entrypoint(pm, d.spec_hash),
+                env_vars={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+                metadata={"tierserve.io/prunedmodel": pm["metadata"]["name"]},
+                num_cpus=self.cfg.job_cpus)
+            events += _job_event(f"Ray job {sid}", created)
+        if d.stop_job:  # pending past its deadline: the outcome is in status, the job goes
+            rc.stop_job(self.url, sid)
         if d.serve:
             events += self._deploy(pm, d.serve)
+        elif d.undeploy:  # a first rollout that never became ready: free its replicas
+            self._remove_app(pm)
         return events
 
     def _app(self, pm: dict[str, Any], version: dict[str, Any]) -> dict[str, Any]:
@@ -179,13 +210,17 @@ class RayClusterBackend:
         return [Event("Normal", names.Reason.deploying,
                       f"Serve app {app['name']} -> generation {version['generation']}")]
 
-    def cleanup(self, pm: dict[str, Any]) -> None:
-        """Finalizer: remove this object's Serve app (keeping every other) and stop its jobs."""
+    def _remove_app(self, pm: dict[str, Any]) -> None:
         ns, name = _meta(pm)
         with rc.apps_lock(self.url):
             body = rc.merged_config(rc.get_apps(self.url), names.app_name(ns, name), None)
             if body is not None:
                 rc.put_apps(self.url, body)
+
+    def cleanup(self, pm: dict[str, Any]) -> None:
+        """Finalizer: remove this object's Serve app (keeping every other) and stop its jobs."""
+        ns, name = _meta(pm)
+        self._remove_app(pm)
         hashes = {names.spec_hash(pm["spec"])} | {
             (pm.get("status") or {}).get("specHash")}
         for h in filter(None, hashes):

@@ -7,9 +7,15 @@
     TIERSERVE_ARTIFACT_ROOT       where jobs write artifacts: pvc://CLAIM/DIR, s3://..., or a path
     TIERSERVE_POLL_SECONDS        how often the level-based timer looks at jobs and Serve apps
     TIERSERVE_JOB_PYTHON          backend b: python on the Ray cluster (default `python`)
+    TIERSERVE_JOB_CPUS            backend b: CPUs the job's driver reserves (default 0)
+    TIERSERVE_DATA_BASE           directory relative data paths resolve against (default: none)
+    TIERSERVE_JOB_PENDING_DEADLINE_S  a job pending longer fails the object (default 900)
+    TIERSERVE_DEPLOY_DEADLINE_S       Serve replicas not ready for longer: Failed (default 900)
+    TIERSERVE_UNREACHABLE_DEADLINE_S  backend unreachable for longer: Failed (default 600)
 
 A PrunedModel may pick its own backend with the annotations `tierserve.io/backend` and
-`tierserve.io/ray-dashboard`.
+`tierserve.io/ray-dashboard`, its data base with `tierserve.io/source-dir`, and its job's CPUs
+(backend b) with `tierserve.io/job-cpus`.
 """
 
 from __future__ import annotations
@@ -18,7 +24,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from .names import ANN_BACKEND, ANN_DASHBOARD, BACKEND_KUBERAY, BACKEND_RAYCLUSTER
+from .names import (
+    ANN_BACKEND,
+    ANN_DASHBOARD,
+    ANN_JOB_CPUS,
+    ANN_SOURCE_DIR,
+    BACKEND_KUBERAY,
+    BACKEND_RAYCLUSTER,
+)
+from .reconcile import Deadlines
 
 __all__ = ["OperatorConfig"]
 
@@ -33,6 +47,9 @@ class OperatorConfig:
     ray_version: str = "2.60.0"
     poll_seconds: float = 5.0
     job_python: str = "python"  # backend b: the interpreter on the Ray cluster's nodes
+    job_cpus: float = 0.0  # backend b: entrypoint_num_cpus of the job's driver
+    data_base: str | None = None  # where relative data paths resolve (object annotation wins)
+    deadlines: Deadlines = Deadlines()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -47,6 +64,11 @@ class OperatorConfig:
             ray_version=env.get("TIERSERVE_RAY_VERSION", d.ray_version),
             poll_seconds=float(env.get("TIERSERVE_POLL_SECONDS", d.poll_seconds)),
             job_python=env.get("TIERSERVE_JOB_PYTHON", d.job_python),
+            job_cpus=float(env.get("TIERSERVE_JOB_CPUS", d.job_cpus)),
+            data_base=env.get("TIERSERVE_DATA_BASE") or None,
+            deadlines=Deadlines(*(float(env.get(f"TIERSERVE_{k}_DEADLINE_S", v)) for k, v in (
+                ("JOB_PENDING", d.deadlines.job_pending_s), ("DEPLOY", d.deadlines.deploy_s),
+                ("UNREACHABLE", d.deadlines.unreachable_s)))),
         )
 
     def for_object(self, annotations: Mapping[str, str] | None) -> OperatorConfig:
@@ -55,8 +77,18 @@ class OperatorConfig:
         backend = ann.get(ANN_BACKEND, self.backend)
         if backend not in (BACKEND_KUBERAY, BACKEND_RAYCLUSTER):
             backend = self.backend
-        return replace(self, backend=backend, dashboard=ann.get(ANN_DASHBOARD, self.dashboard))
+        return replace(self, backend=backend, dashboard=ann.get(ANN_DASHBOARD, self.dashboard),
+                       data_base=ann.get(ANN_SOURCE_DIR, self.data_base),
+                       job_cpus=_number(ann.get(ANN_JOB_CPUS), self.job_cpus))
 
     def out_dir(self, namespace: str, name: str, h: str) -> str:
         """The job's --out for one object and spec hash (stable, so a rerun reuses it)."""
         return f"{self.artifact_root}/{namespace}/{name}/{h}"
+
+
+def _number(text: str | None, default: float) -> float:
+    """A numeric annotation; a missing or malformed one keeps the default."""
+    try:
+        return default if text is None else max(0.0, float(text))
+    except ValueError:
+        return default

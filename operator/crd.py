@@ -84,8 +84,11 @@ def crd_manifest() -> dict[str, Any]:
     status_schema = _schema(PrunedModelStatus)
     columns = [
         ("Phase", "string", ".status.phase", "Pending/Pruning/Validating/GatesFailed/Deploying/Serving/Failed"),
-        ("Budget", "number", ".status.budget", "Achieved fraction of encoder FLOPs removed"),
-        ("Quality", "number", ".status.quality", "Headline metric, pruned / full"),
+        ("Serving", "integer", ".status.serving.generation", "Generation that serves traffic"),
+        ("Budget", "number", ".status.serving.budget", "Encoder FLOPs removed by the serving version"),
+        ("Quality", "number", ".status.serving.quality", "Headline metric of the serving version, pruned / full"),
+        ("Candidate", "string", ".status.candidate.outcome", "Latest generation while another serves (or none yet)"),
+        ("Cand. quality", "number", ".status.candidate.quality", "Headline quality of that candidate"),
         ("Pruned share", "number", ".status.prunedShare", "Share of live traffic served by the pruned tier"),
         ("Savings", "number", ".status.savingsUsd", "Estimated USD saved against an all-full deployment"),
         ("Age", "date", ".metadata.creationTimestamp", None),

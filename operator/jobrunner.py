@@ -21,8 +21,10 @@ from pathlib import Path
 from tierserve.pruning.job import EXIT_ERROR, run_job
 from tierserve.pruning.report import summary_table
 from tierserve.pruning.spec import SpecError, parse_spec
+from tierserve.pruning.storage import is_local, resolve
 
 from . import report_store as rs
+from .stage import stage_data
 
 __all__ = ["main"]
 
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     pub = Publisher(args.namespace, args.configmap)
     try:
         spec = parse_spec(json.loads(args.spec_json) if args.spec_json else pub.spec())
+        if is_local(args.out):  # the data the gates are judged on, next to the artifact
+            spec = stage_data(spec, Path.cwd(), resolve(args.out, must_exist=False).resolve())
         report, code = run_job(spec, args.out, name=args.name, base_dir=Path.cwd(),
                                progress=pub.progress)
     except (SpecError, ValueError, OSError, KeyError) as err:

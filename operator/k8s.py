@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
+import os
+import threading
 from typing import Any
 
 from kubernetes import client, config
@@ -123,6 +126,21 @@ def status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any] | N
     return body
 
 
+_PATCH_LOG_LOCK = threading.Lock()
+
+
+def _record(namespace: str, name: str, body: dict[str, Any]) -> None:
+    """Strict JSON (a NaN/Infinity raises here, not as an apiserver 500); with
+    TIERSERVE_PATCH_LOG set, every status patch is appended there (the tests validate each one
+    against the CRD's schema)."""
+    text = json.dumps(body, allow_nan=False, sort_keys=True)
+    if path := os.environ.get("TIERSERVE_PATCH_LOG"):
+        with _PATCH_LOG_LOCK, open(path, "a") as fh:
+            fh.write(json.dumps({"namespace": namespace, "name": name, "status": json.loads(text)})
+                     + "\n")
+
+
 def patch_status(namespace: str, name: str, body: dict[str, Any]) -> Any:
+    _record(namespace, name, body)
     return _call("PATCH", _path("PrunedModel", namespace, name) + "/status", {"status": body},
                  content_type="application/merge-patch+json")

@@ -22,6 +22,7 @@ import yaml
 
 from . import names
 from .config import OperatorConfig
+from .raycluster import tail
 from .reconcile import JobState, ServeState
 
 __all__ = ["build_configmap", "build_rayjob", "build_rayservice", "build_role", "build_rolebinding",
@@ -89,9 +90,19 @@ def _pod_template(cfg: OperatorConfig, container: str, cpus: float, gpus: float,
     return {"spec": spec}
 
 
+def _with_hub_env(template: dict[str, Any], spec: dict[str, Any], cfg: OperatorConfig) -> None:
+    """Pods that load an hf:// model get `pruning.hub.hub_env` (a Secret only by reference)."""
+    from tierserve.pruning.hub import hub_env
+
+    env = hub_env(spec.get("model") or {}, cfg.artifact_root)
+    if env:
+        template["spec"]["containers"][0].setdefault("env", []).extend(env)
+
+
 def job_entrypoint(owner: dict[str, Any], h: str, cfg: OperatorConfig) -> list[str]:
     meta = owner["metadata"]
-    return ["python", "-m", "tierserve.operator.jobrunner",
+    # -P: the pod's working directory is not on sys.path (nothing there shadows the package)
+    return ["python", "-P", "-m", "tierserve.operator.jobrunner",
             "--configmap", names.report_configmap_name(meta["name"], h),
             "--namespace", meta["namespace"], "--name", meta["name"],
             "--out", cfg.out_dir(meta["namespace"], meta["name"], h)]
@@ -105,6 +116,8 @@ def build_rayjob(owner: dict[str, Any], h: str, cfg: OperatorConfig) -> dict[str
     worker = {"groupName": "prune", "replicas": 1, "minReplicas": 1, "maxReplicas": 1,
               "rayStartParams": {},
               "template": _pod_template(cfg, "ray-worker", 2, gpus, cfg.job_service_account)}
+    for group in (head, worker):  # hf:// models: HF_TOKEN by secretKeyRef, Hub cache on the PVC
+        _with_hub_env(group["template"], owner["spec"], cfg)
     return {"apiVersion": RAY_API, "kind": "RayJob",
             "metadata": _meta(owner, name, h, annotations={names.ANN_SPEC_HASH: h}),
             "spec": {"entrypoint": shlex.join(job_entrypoint(owner, h, cfg)),
@@ -132,6 +145,7 @@ def _worker_groups(spec: dict[str, Any], cfg: OperatorConfig) -> list[dict[str, 
                        "maxReplicas": int(t.get("maxReplicas") or replicas), "rayStartParams": {},
                        "template": _pod_template(cfg, "ray-worker", float(t.get("cpus", 1)),
                                                  float(t.get("gpus", 0)))})
+        _with_hub_env(groups[-1]["template"], spec, cfg)  # the full tier loads spec.model.uri
     return groups
 
 
@@ -166,7 +180,8 @@ def job_state(rayjob: dict[str, Any] | None) -> JobState:
     state = _JOB_STATES.get(job, "pending")
     if deploy == "Failed" and state not in ("succeeded",):
         state = "failed"
-    return JobState(state=state, name=name, message=st.get("message") or st.get("reason") or "")
+    return JobState(state=state, name=name,
+                    message=tail(st.get("message") or st.get("reason") or ""))
 
 
 def serve_state(rayservice: dict[str, Any] | None) -> ServeState:
@@ -177,10 +192,12 @@ def serve_state(rayservice: dict[str, Any] | None) -> ServeState:
     conds = {c.get("type"): c for c in st.get("conditions") or []}
     current = st.get("observedGeneration") == meta.get("generation")
     upgrading = (conds.get("UpgradeInProgress") or {}).get("status") == "True"
-    ready = current and not upgrading and (conds.get("Ready") or {}).get("status") == "True"
+    answering = (conds.get("Ready") or {}).get("status") == "True"  # the old app, mid-upgrade
+    ready = current and not upgrading and answering
     model = (meta.get("labels") or {}).get(names.LABEL_MODEL, meta["name"])
     prefix = names.route_prefix(meta["namespace"], model)
     endpoint = f"http://{meta['name']}-serve-svc.{meta['namespace']}.svc:{SERVE_PORT}{prefix}"
     msg = (conds.get("Ready") or {}).get("message") or ""
     return ServeState(spec_hash=(meta.get("annotations") or {}).get(names.ANN_SPEC_HASH),
-                      ready=ready, message=msg, endpoint=endpoint if ready else None)
+                      ready=ready, message=msg, endpoint=endpoint if answering else None,
+                      answering=answering)

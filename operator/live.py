@@ -1,5 +1,6 @@
 """Live numbers of a serving model for its status: pruned share and savings, read from the
-router's own `/metrics` (contract 3: `tierserve_pruned_share`, `tierserve_savings_usd_total`)."""
+router's own `/metrics` (contract 3: `tierserve_pruned_share`, `tierserve_savings_usd`; routers
+before the rename exposed the savings gauge as `tierserve_savings_usd_total`: both are read)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 __all__ = ["parse_live", "read_live"]
 
 _TIMEOUT_S = 3.0
+_SAVINGS_OLD = {"tierserve_savings_usd_total": "tierserve_savings_usd"}  # the pre-rename name
 
 
 def parse_live(text: str) -> tuple[float | None, float | None]:
@@ -17,9 +19,10 @@ def parse_live(text: str) -> tuple[float | None, float | None]:
     found: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name in ("tierserve_pruned_share", "tierserve_savings_usd_total"):
-                found[sample.name] = found.get(sample.name, 0.0) + float(sample.value)
-    share, savings = found.get("tierserve_pruned_share"), found.get("tierserve_savings_usd_total")
+            name = _SAVINGS_OLD.get(sample.name, sample.name)
+            if name in ("tierserve_pruned_share", "tierserve_savings_usd"):
+                found[name] = found.get(name, 0.0) + float(sample.value)
+    share, savings = found.get("tierserve_pruned_share"), found.get("tierserve_savings_usd")
     return (None if share is None else round(share, 4),
             None if savings is None else round(savings, 6))
 

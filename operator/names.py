@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 __all__ = [
-    "ANN_BACKEND", "ANN_DASHBOARD", "ANN_SPEC_HASH", "APP_IMPORT_PATH", "BACKEND_KUBERAY",
+    "ANN_BACKEND", "ANN_DASHBOARD", "ANN_JOB_CPUS", "ANN_SOURCE_DIR", "ANN_SPEC_HASH", "APP_IMPORT_PATH", "BACKEND_KUBERAY",
     "BACKEND_RAYCLUSTER", "FINALIZER", "LABEL_HASH", "LABEL_MANAGED", "LABEL_MODEL", "Reason",
     "app_name", "child_labels", "job_role_name", "rayjob_name", "rayservice_name",
     "report_configmap_name", "route_prefix", "spec_hash", "submission_id",
@@ -25,6 +25,8 @@ LABEL_HASH = f"{GROUP}/spec-hash"
 ANN_SPEC_HASH = f"{GROUP}/spec-hash"
 ANN_BACKEND = f"{GROUP}/backend"          # per-object override of TIERSERVE_BACKEND
 ANN_DASHBOARD = f"{GROUP}/ray-dashboard"  # per-object override of TIERSERVE_RAY_DASHBOARD
+ANN_SOURCE_DIR = f"{GROUP}/source-dir"    # the manifest's directory: base of relative data paths
+ANN_JOB_CPUS = f"{GROUP}/job-cpus"        # backend b: per-object override of TIERSERVE_JOB_CPUS
 FINALIZER = f"{GROUP}/serve-apps"         # backend b only: external Serve apps and Ray jobs
 BACKEND_KUBERAY, BACKEND_RAYCLUSTER = "kuberay", "raycluster"
 APP_IMPORT_PATH = "tierserve.serving.app:build_app"  # contract 2
@@ -50,6 +52,10 @@ class Reason:
     not_deployed = "NotDeployed"
     waiting = "Waiting"
     transient = "TransientError"
+    job_pending = "JobPending"
+    job_pending_timeout = "JobPendingTimeout"
+    serve_not_ready = "ServeNotReady"
+    deploy_timeout = "DeployTimeout"
 
 
 def _canonical(value: Any) -> Any:

@@ -23,9 +23,10 @@ from typing import Any
 from .reconcile import JobState, ServeState
 
 __all__ = ["RayApiError", "app_state", "apps_lock", "get_apps", "job_info", "job_logs",
-           "job_state", "merged_config", "put_apps", "stop_job", "submit_job"]
+           "job_state", "merged_config", "put_apps", "stop_job", "submit_job", "tail"]
 
 _TIMEOUT_S = 30
+MESSAGE_TAIL = 1000  # status keeps the END of a crashed job's message/log: the exception is there
 _LOCKS: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 _STATES = {"PENDING": "pending", "RUNNING": "running", "SUCCEEDED": "succeeded",
            "FAILED": "failed", "STOPPED": "stopped"}
@@ -60,11 +61,13 @@ def apps_lock(dashboard: str) -> threading.Lock:
 
 # -- jobs ----------------------------------------------------------------------------------------
 def submit_job(dashboard: str, submission_id: str, entrypoint: str,
-               env_vars: dict[str, str] | None = None, metadata: dict[str, str] | None = None
-               ) -> bool:
+               env_vars: dict[str, str] | None = None, metadata: dict[str, str] | None = None,
+               num_cpus: float = 0.0) -> bool:
     """Submit once. True: submitted now; False: a job with this id existed (adopted)."""
-    body = {"entrypoint": entrypoint, "submission_id": submission_id,
-            "runtime_env": {"env_vars": env_vars or {}}, "metadata": metadata or {}}
+    body: dict[str, Any] = {"entrypoint": entrypoint, "submission_id": submission_id,
+                            "runtime_env": {"env_vars": env_vars or {}}, "metadata": metadata or {}}
+    if num_cpus:
+        body["entrypoint_num_cpus"] = num_cpus
     try:
         _call("POST", f"{dashboard}/api/jobs/", body)
     except RayApiError as err:
@@ -95,12 +98,22 @@ def stop_job(dashboard: str, submission_id: str) -> None:
             raise
 
 
-def job_state(info: dict[str, Any] | None, submission_id: str, error: str | None = None) -> JobState:
+def job_state(info: dict[str, Any] | None, submission_id: str, error: str | None = None,
+              cpus: float = 0.0) -> JobState:
+    """JobState of a Ray job; `cpus`: what its entrypoint asked for (the REST API omits it)."""
     if info is None:
         return JobState(name=submission_id)
     state = _STATES.get(str(info.get("status", "")).upper(), "pending")
     message = error or info.get("message") or ""
-    return JobState(state=state, name=submission_id, message=message[:500])
+    if state == "pending" and cpus:  # name what it waits for
+        message += f" (the job asks for {cpus:g} CPU)"
+    return JobState(state=state, name=submission_id, message=tail(message))
+
+
+def tail(text: str, limit: int = MESSAGE_TAIL) -> str:
+    """The last `limit` characters (a traceback ends with the exception), marked when cut."""
+    text = text.strip()
+    return text if len(text) <= limit else "..." + text[-limit:]
 
 
 # -- serve ---------------------------------------------------------------------------------------
@@ -154,7 +167,24 @@ def app_state(current: dict[str, Any], app: str, known: dict[str, str]) -> Serve
     host = http.get("host") or "127.0.0.1"
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     ready = entry.get("status") == "RUNNING"
+    # an in-place update: the old replicas answer until the new ones are up
+    answering = ready or (entry.get("status") == "DEPLOYING" and _has_running(entry))
     endpoint = f"http://{host}:{http.get('port', 8000)}{entry.get('route_prefix') or '/'}"
     return ServeState(spec_hash=known.get(report), ready=ready,
-                      message=f"{entry.get('status')}: {entry.get('message') or ''}".strip(": "),
-                      endpoint=endpoint if ready else None)
+                      message=_serve_message(entry), answering=answering,
+                      endpoint=endpoint if answering else None)
+
+
+def _has_running(entry: dict[str, Any]) -> bool:
+    """Some deployment of the app has RUNNING replicas (Serve's per-deployment status)."""
+    return any(r.get("state") == "RUNNING" for dep in (entry.get("deployments") or {}).values()
+               for r in dep.get("replicas") or [])
+
+
+def _serve_message(entry: dict[str, Any]) -> str:
+    """The app's status and message plus each unhealthy deployment's (e.g. unschedulable)."""
+    parts = [f"{entry.get('status')}: {entry.get('message') or ''}".strip(": ")]
+    for name, dep in sorted((entry.get("deployments") or {}).items()):
+        if dep.get("status") not in (None, "HEALTHY") and dep.get("message"):
+            parts.append(f"{name} {dep['status']}: {dep['message']}")
+    return tail("; ".join(p for p in parts if p), 600)

@@ -8,14 +8,27 @@ one entry per type with status, reason, message and lastTransitionTime.
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-__all__ = ["Condition", "ConditionType", "GateRow", "Phase", "Progress", "PrunedModelStatus",
-           "ServingVersion"]
+__all__ = ["Candidate", "Condition", "ConditionType", "GateRow", "Phase", "Progress",
+           "PrunedModelStatus", "ServingVersion", "finite"]
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN/Infinity replaced by None: JSON has no such numbers, and a patch
+    carrying one is refused by the apiserver (the status would never be written)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 class _Model(BaseModel):
@@ -36,6 +49,7 @@ class ConditionType(StrEnum):
     pruned = "Pruned"
     gates_passed = "GatesPassed"
     ready = "Ready"
+    waiting = "Waiting"  # True while a phase waits on something external (message names it)
 
 
 class Condition(_Model):
@@ -69,6 +83,17 @@ class ServingVersion(_Model):
     key: str = Field(description="Job key (spec + input hashes) of the artifact being served")
     artifact: str | None = None
     report: str | None = Field(None, description="URI of the report.json the Serve app was built from")
+    budget: float | None = Field(None, description="Encoder FLOPs removed by this version")
+    quality: float | None = Field(None, description="Headline pruned / full quality of this version")
+
+
+class Candidate(_Model):
+    """The latest generation while it is not the one serving (rejected, or being rolled out)."""
+
+    generation: int
+    outcome: str = Field(description="Phase of the candidate, e.g. GatesFailed, Deploying")
+    budget: float | None = None
+    quality: float | None = None
 
 
 class PrunedModelStatus(_Model):
@@ -92,3 +117,7 @@ class PrunedModelStatus(_Model):
     pruned_share: float | None = None
     savings_usd: float | None = None
     last_failure: str | None = Field(None, description="Why the latest generation is not serving")
+    candidate: Candidate | None = Field(None, description="Latest generation, while another serves")
+    outcome: str | None = Field(None, description=(
+        "Terminal outcome of this spec hash (JobFailed, JobPendingTimeout, DeployTimeout, "
+        "GatesFailed), kept across backend restarts: a finished job is never submitted again"))

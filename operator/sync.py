@@ -17,7 +17,8 @@ from . import k8s
 from .backends import backend_for
 from .config import OperatorConfig
 from .names import spec_hash
-from .reconcile import Decision, Event, reconcile
+from .reconcile import Decision, Event, reconcile, unreachable
+from .status import finite
 
 __all__ = ["sync"]
 
@@ -25,13 +26,34 @@ _LOCKS: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Loc
 Emit = Callable[[dict[str, Any], Event], None]
 
 
+def _write(pm: dict[str, Any], new: dict[str, Any]) -> None:
+    meta, old = pm["metadata"], pm.get("status") or {}
+    if (body := k8s.status_patch(old, finite(new))) is not None:
+        k8s.patch_status(meta["namespace"], meta["name"], body)
+
+
+def _unreachable(pm: dict[str, Any], cfg: OperatorConfig, emit: Emit, err: Exception) -> None:
+    """The backend could not be observed: status says so (bounded by a deadline), then retry."""
+    meta = pm["metadata"]
+    d = unreachable(pm["spec"], meta.get("generation", 1), pm.get("status") or {}, str(err),
+                    now=k8s.now(), deadlines=cfg.deadlines)
+    _write(pm, d.status)
+    for event in d.events:
+        emit(pm, event)
+
+
 def _pass(pm: dict[str, Any], cfg: OperatorConfig, emit: Emit) -> Decision:
     backend = backend_for(pm, cfg)
     meta, status = pm["metadata"], pm.get("status") or {}
     h = spec_hash(pm["spec"])
-    d = reconcile(pm["spec"], meta.get("generation", 1), status, backend.observe(pm, h),
+    try:
+        observed = backend.observe(pm, h)
+    except Exception as err:  # noqa: BLE001 - recorded in status, then re-raised for a retry
+        _unreachable(pm, cfg, emit, err)
+        raise
+    d = reconcile(pm["spec"], meta.get("generation", 1), status, observed,
                   backend=cfg.for_object(meta.get("annotations")).backend,
-                  job_name=backend.job_name(pm, h), now=k8s.now())
+                  job_name=backend.job_name(pm, h), now=k8s.now(), deadlines=cfg.deadlines)
     events, error = list(d.events), None
     try:
         events += backend.apply(pm, d)
@@ -40,8 +62,7 @@ def _pass(pm: dict[str, Any], cfg: OperatorConfig, emit: Emit) -> Decision:
     new = dict(d.status)
     if error is not None:
         new["message"] = f"retrying after a transient error: {str(error)[:300]}"
-    if (body := k8s.status_patch(status, new)) is not None:
-        k8s.patch_status(meta["namespace"], meta["name"], body)
+    _write(pm, new)
     for event in events:
         emit(pm, event)
     if error is not None:

@@ -1,134 +1,55 @@
-"""Cascade calibration: how confident must the pruned tier be to answer without the full one?
+"""Cascade calibration: how confident must the pruned tier be to answer without the full one,
+and (rerank) how many of pruned's best candidates must full re-score when it is not?
 
-Confidence functions (pure numpy; the router imports these same functions):
-- `margin(logits)`: top-1 minus top-2 softmax probability, for classifiers
-- `entropy_confidence(logits)`: 1 - H(p) / log(C), for classifiers
-- `topk_gap(scores, k)`: score of the best candidate minus the k-th best, for rerank/retrieval
-
-`calibrate(confidence, agree, target)` picks the threshold: requests with confidence >= threshold
-stay on pruned, the rest escalate to full (which agrees with itself). It keeps the largest share on
-pruned whose overall agreement with full is still >= target, on the validation rows given.
+The pure pieces (confidence functions, empirical and Learn-then-Test thresholds, partial
+escalation of a ranking) live in `cascade.py`, re-exported here; the router imports the same code.
 
 `calibration_report(spec, full, pruned, inputs)` runs both models on the validation set (or the
-calibration set when the spec has none, and says so) and returns the report's `calibration` block.
+calibration set when the spec has none, and says so) and returns the report's `calibration` block:
+- classify: per-item escalation, one threshold on the margin of each text;
+- rerank: the threshold and `escalate_top_m` chosen TOGETHER (`calibrate_rerank`): for each m in a
+  small grid, the cheapest threshold whose agreement meets the target; the pair with the lowest
+  expected cost (priced with the measured cost ratio) wins. With `spec.serving.calibrationDelta`
+  the thresholds are Learn-then-Test ones (Bonferroni over the m grid), the report states the
+  bound and the validation size it needs, and a too-small validation set is refused;
+- the pruned/full cost ratio, measured in interleaved rounds and clamped to the physical range
+  (`costratio.py`), which the router prices with.
 Rerank requests are built by `rerank_candidates`: the query's judged documents plus its nearest
 documents by word overlap (a cheap first stage), so the same request shape is calibrated and served.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .cascade import (
+    CONFIDENCES,
+    Calibration,
+    CalibrationTooSmall,
+    calibrate,
+    cascade_outcome,
+    choose_threshold,
+    confidence,
+    default_confidence,
+    entropy_confidence,
+    margin,
+    partial_agree,
+    top1_agree,
+    topk_gap,
+)
+
 __all__ = [
-    "CONFIDENCES", "Calibration", "calibrate", "calibration_report", "cascade_outcome",
-    "confidence", "default_confidence", "entropy_confidence", "margin", "rerank_candidates",
+    "CONFIDENCES", "Calibration", "CalibrationTooSmall", "RerankChoice", "calibrate",
+    "calibrate_rerank", "calibration_report", "cascade_outcome", "confidence",
+    "default_confidence", "entropy_confidence", "escalate_grid", "margin", "rerank_candidates",
     "rerank_scores", "topk_gap",
 ]
 
 RERANK_CANDIDATES = 10  # documents per rerank request (judged ones + nearest by word overlap)
-
-
-# -- confidence functions -----------------------------------------------------------------------
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _2d(x) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64)
-    return a[None, :] if a.ndim == 1 else a
-
-
-def margin(logits) -> np.ndarray:
-    """(N, C) logits -> (N,) top-1 minus top-2 softmax probability, in [0, 1]."""
-    p = np.sort(_softmax(_2d(logits)), axis=-1)
-    return p[:, -1] - p[:, -2] if p.shape[1] > 1 else np.ones(len(p))
-
-
-def entropy_confidence(logits) -> np.ndarray:
-    """(N, C) logits -> (N,) 1 - normalised entropy of the softmax, in [0, 1]."""
-    p = _softmax(_2d(logits))
-    if p.shape[1] < 2:
-        return np.ones(len(p))
-    h = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=-1)
-    return 1.0 - h / math.log(p.shape[1])
-
-
-def topk_gap(scores, k: int = 2) -> np.ndarray:
-    """(N, D) candidate scores -> (N,) best score minus the k-th best (k capped at D).
-
-    -inf entries (no candidate) are ignored; a row with a single candidate has gap +inf.
-    """
-    s = _2d(scores)
-    out = np.empty(len(s))
-    for i, row in enumerate(s):
-        row = np.sort(row[np.isfinite(row)])[::-1]
-        out[i] = row[0] - row[min(k, len(row)) - 1] if len(row) > 1 else math.inf
-    return out
-
-
-CONFIDENCES = {"margin": margin, "entropy": entropy_confidence, "topk_gap": topk_gap}
-
-
-def default_confidence(task: str) -> str:
-    """margin for classifiers, the top-k score gap for rerank/retrieval."""
-    return "topk_gap" if task in ("embedding", "rerank") else "margin"
-
-
-def confidence(name: str, outputs) -> np.ndarray:
-    if name not in CONFIDENCES:
-        raise ValueError(f"unknown confidence {name!r}; expected one of {sorted(CONFIDENCES)}")
-    return CONFIDENCES[name](outputs)
-
-
-# -- threshold ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Calibration:
-    threshold: float  # pruned answers when confidence >= threshold
-    agreement: float  # overall agreement with full on the calibration rows
-    pruned_share: float  # share of rows answered by pruned
-    n: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def cascade_outcome(conf, agree, threshold: float) -> tuple[float, float]:
-    """(overall agreement with full, pruned share) when rows with conf >= threshold stay pruned."""
-    c, a = np.asarray(conf, dtype=np.float64), np.asarray(agree, dtype=bool)
-    keep = c >= threshold
-    if len(c) == 0:
-        return 1.0, 0.0
-    return float(np.mean(np.where(keep, a, True))), float(np.mean(keep))
-
-
-def calibrate(conf, agree, target: float) -> Calibration:
-    """The lowest threshold (most traffic on pruned) whose overall agreement is >= target.
-
-    Rows are taken from most to least confident; a cut is only made between distinct confidence
-    values, so the threshold means exactly "these rows stay on pruned". When even the single most
-    confident group breaks the target, the threshold lies above every observed confidence.
-    """
-    c, a = np.asarray(conf, dtype=np.float64), np.asarray(agree, dtype=bool)
-    n = len(c)
-    if n == 0:
-        raise ValueError("calibrate: no rows")
-    order = np.argsort(-c, kind="stable")
-    cs, disagree = c[order], np.cumsum(~a[order])  # disagreements among the top m = disagree[m-1]
-    best_m = 0
-    for m in range(1, n + 1):
-        boundary = m == n or cs[m] < cs[m - 1]
-        if boundary and 1.0 - disagree[m - 1] / n >= target:
-            best_m = m
-    threshold = float(cs[best_m - 1]) if best_m else float(np.nextafter(cs[0], math.inf))
-    agreement, share = cascade_outcome(c, a, threshold)
-    return Calibration(threshold, agreement, share, n)
 
 
 # -- rerank requests ----------------------------------------------------------------------------
@@ -159,6 +80,55 @@ def rerank_scores(query_emb, doc_emb) -> np.ndarray:
     return np.asarray(doc_emb, dtype=np.float64) @ np.asarray(query_emb, dtype=np.float64)
 
 
+
+# -- joint (escalate_top_m, threshold) for rerank -----------------------------------------------
+def escalate_grid(k: int) -> tuple[int, ...]:
+    """The m values tried for a k-candidate rerank: a few small ones, and k (full re-scores all)."""
+    return tuple(sorted({m for m in (2, 3, 5) if m < k} | {k}))
+
+
+@dataclass(frozen=True)
+class RerankChoice:
+    m: int  # full re-scores pruned's best m candidates on escalation
+    calibration: Calibration
+    cost: float  # expected cost per request relative to full alone (1.0 = all-full)
+    feasible: bool  # its agreement meets the target (LTT: guaranteed)
+
+    def to_dict(self) -> dict:
+        return {"escalate_top_m": self.m, "threshold": self.calibration.threshold,
+                "agreement": self.calibration.agreement,
+                "pruned_share": self.calibration.pruned_share, "cost": self.cost,
+                "savings": 1.0 - self.cost, "feasible": self.feasible,
+                "risk_upper": self.calibration.risk_upper}
+
+
+def expected_cost(cost_ratio: float, escalated_share: float, k: int, m: int, base: int) -> float:
+    """Per request, relative to full alone: pruned scores base + k items, full base + m of them
+    for an escalated share (base = 1 query text for a bi-encoder, 0 for a cross-encoder)."""
+    return (cost_ratio * (base + k) + escalated_share * (base + m)) / (base + k)
+
+
+def calibrate_rerank(pruned, full, target: float, delta: float | None, cost_ratio: float,
+                     base: int = 1, grid: Sequence[int] | None = None,
+                     field: str = "spec.data.validation") -> tuple[RerankChoice, list[RerankChoice]]:
+    """(Q, k) pruned and full candidate scores -> the cheapest feasible (m, threshold), and every
+    m tried. With `delta`, each m is tested at delta / len(grid) (Bonferroni), so the chosen pair
+    keeps the guarantee although several were looked at."""
+    p, f = np.asarray(pruned, dtype=np.float64), np.asarray(full, dtype=np.float64)
+    k = p.shape[1]
+    grid = tuple(grid or escalate_grid(k))
+    conf, agree = topk_gap(p), top1_agree(p, f)
+    level = None if delta is None else delta / len(grid)
+    tried = []
+    for m in grid:
+        cal = choose_threshold(conf, agree, target, level, partial_agree(p, f, m), field)
+        ok = cal.guaranteed if level is not None else cal.agreement >= target
+        tried.append(RerankChoice(m, cal, expected_cost(cost_ratio, 1.0 - cal.pruned_share, k, m,
+                                                        base), bool(ok)))
+    feasible = [c for c in tried if c.feasible] or [tried[-1]]  # m = k always meets it
+    return min(feasible, key=lambda c: (c.cost, -c.m)), tried
+
+
 # -- the job's calibration block ----------------------------------------------------------------
 def _rerank_rows(full, pruned, queries, corpus, judged) -> tuple[np.ndarray, np.ndarray]:
     """(Q, k) full and pruned scores of each query's rerank candidates."""
@@ -174,6 +144,10 @@ def _rerank_rows(full, pruned, queries, corpus, judged) -> tuple[np.ndarray, np.
         outs.append(np.stack([rerank_scores(e[i], e[[where[j] for j in c]])
                               for i, c in enumerate(cands)]))  # (Q, k)
     return outs[0], outs[1]
+
+
+def _texts(data) -> list[str]:
+    return list(getattr(data, "queries", None) or getattr(data, "texts", None) or [])
 
 
 def _outputs(full, pruned, data) -> tuple[np.ndarray, np.ndarray]:
@@ -193,22 +167,83 @@ def _outputs(full, pruned, data) -> tuple[np.ndarray, np.ndarray]:
     return encode(full, list(data.texts)).numpy(), encode(pruned, list(data.texts)).numpy()
 
 
+def measured_cost_ratio(full, pruned, texts: Sequence[str], rounds: int = 5, batch: int = 16):
+    """Interleaved timing of both models on the same batch of validation texts, clamped to the
+    physical range against the FLOPs ideal (`costratio.py`)."""
+    import torch
+
+    from .costratio import clamp_ratio, interleaved_ratio, physical_range
+
+    sample = list(texts[:batch]) or ["a short text"]
+    lo, hi = physical_range(_flops_ratio(full, pruned), _quantized(pruned))
+
+    def run(tm):
+        @torch.inference_mode()
+        def forward():
+            return tm.outputs(tm.batch(sample))
+        return forward
+    try:
+        return interleaved_ratio(run(full), run(pruned), rounds, lo, hi)
+    except Exception as err:  # noqa: BLE001 - e.g. inputs this task cannot batch: the ideal then
+        return replace(clamp_ratio(None, None, lo, hi),
+                       warning=f"not measured ({type(err).__name__}: {err}); priced at the ideal")
+
+
+def _quantized(tm) -> bool:
+    from .quantize import is_quantized
+
+    return bool(is_quantized(tm.model))
+
+
+def _flops_ratio(full, pruned) -> float | None:
+    """Pruned/full whole-model FLOPs at 128 tokens; None when the shapes cannot be read."""
+    from .adapters import adapter_for
+    from .cost import ModelShape, whole_flops
+
+    try:
+        f, p = (whole_flops(ModelShape.from_adapter(adapter_for(tm.model))) for tm in (full, pruned))
+    except Exception:  # noqa: BLE001 - e.g. a quantized model's packed linears: no ideal then
+        return None
+    return p / f if f else None
+
+
 def calibration_report(spec, full, pruned, inputs) -> dict:
     """The report's `calibration` block, computed on `inputs.validation` (else calibration data)."""
     if spec.model.task.value == "text-generation":  # decoder LMs: answer log-probability (lm.py)
         from .lm import calibration_lm
 
         return calibration_lm(spec, full, pruned, inputs)
-    data, source = inputs.validation, "validation"
+    data, source, field = inputs.validation, "validation", "spec.data.validation"
     if data is None:
         data, source = inputs.calibration, "calibration (no spec.data.validation given)"
+        field = "spec.data.calibration"
+    s = spec.serving
     name = default_confidence(spec.model.task.value)
     f, p = _outputs(full, pruned, data)
-    agree = p.argmax(axis=1) == f.argmax(axis=1)
-    cal = calibrate(confidence(name, p), agree, spec.serving.target_agreement)
-    return {"policy": "cascade", "confidence": name, "threshold": cal.threshold,
-            "target_agreement": spec.serving.target_agreement, "source": source,
-            "request": "rerank" if name == "topk_gap" else "classify",
-            "candidates": RERANK_CANDIDATES if name == "topk_gap" else None,
-            "validation": {"agreement": cal.agreement, "pruned_share": cal.pruned_share,
-                           "n": cal.n, "pruned_agreement": float(np.mean(agree))}}
+    ratio = measured_cost_ratio(full, pruned, _texts(data))
+    agree = top1_agree(p, f)
+    out = {"policy": "cascade", "confidence": name, "target_agreement": s.target_agreement,
+           "source": source, "cost_ratio": ratio.to_dict()}
+    if name == "topk_gap":
+        base = 0 if getattr(pruned, "cross_encoder", False) else 1
+        choice, tried = calibrate_rerank(p, f, s.target_agreement, s.calibration_delta,
+                                         ratio.ratio, base, field=field)
+        cal, m = choice.calibration, choice.m
+        out.update(request="rerank", candidates=p.shape[1], escalate_top_m=m,
+                   escalation="top_m", frontier=[c.to_dict() for c in tried],
+                   expected_savings=1.0 - choice.cost)
+    else:
+        cal = choose_threshold(margin(p) if name == "margin" else confidence(name, p), agree,
+                               s.target_agreement, s.calibration_delta, field=field)
+        out.update(request="classify", candidates=None, escalate_top_m=None,
+                   escalation="per_item",
+                   expected_savings=1.0 - (ratio.ratio + 1.0 - cal.pruned_share))
+    out["threshold"] = cal.threshold
+    out["guarantee"] = {"method": "ltt" if s.calibration_delta is not None else "empirical",
+                        "delta": s.calibration_delta, "per_test_delta": cal.delta,
+                        "risk_upper": cal.risk_upper,
+                        "agreement_lower": cal.agreement_lower, "n_needed": cal.n_needed,
+                        "n": cal.n}
+    out["validation"] = {"agreement": cal.agreement, "pruned_share": cal.pruned_share,
+                         "n": cal.n, "pruned_agreement": float(np.mean(agree))}
+    return out

@@ -18,9 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import numpy as np
+
+from .datapath import DataError, local_path
 
 __all__ = [
     "ClassificationData",
@@ -33,20 +34,8 @@ __all__ = [
 ]
 
 
-class DataError(ValueError):
-    """A dataset file is unreadable or does not have the shape the job needs."""
-
-
 # -- reading ------------------------------------------------------------------------------------
-def _local_path(uri: str | Path) -> Path | None:
-    """Path for a plain path or a file:// URI; None for other schemes (read through fsspec)."""
-    text = str(uri)
-    parsed = urlparse(text)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.netloc + parsed.path))
-    if parsed.scheme and len(parsed.scheme) > 1:  # one letter = a Windows drive, not a scheme
-        return None
-    return Path(text)
+_local_path = local_path  # DataError and local_path live in datapath.py, shared with images.py
 
 
 def _read_bytes(uri: str | Path) -> bytes:
@@ -219,8 +208,18 @@ def _read_qrels(uri: str | Path, query_ids: set[str],
     return qrels
 
 
+def _require_field(uri: str | Path, records: Sequence[Mapping[str, Any]], field: str,
+                   spec_field: str) -> None:
+    """A configured field name that no record carries is a typo: say which spec field it is."""
+    if not any(field in r for r in records):
+        have = ", ".join(sorted({k for r in records[:100] for k in r}))
+        raise DataError(f"spec.data.{spec_field}: no record of {uri} has the field '{field}' "
+                        f"(missing in record 0 and every other; fields: {have})")
+
+
 def load_retrieval(queries_uri: str | Path, corpus_uri: str | Path, qrels_uri: str | Path,
-                   split: str | None = None) -> RetrievalData:
+                   split: str | None = None, *, text_field: str = "text",
+                   slice_field: str | None = "slice", require_slice: bool = False) -> RetrievalData:
     """Load a retrieval dataset: queries {id, text[, split, slice]}, corpus {id, text[, split]},
     qrels {query_id, doc_id, relevance}.
 
@@ -229,10 +228,14 @@ def load_retrieval(queries_uri: str | Path, corpus_uri: str | Path, qrels_uri: s
     left with no judged document in the (split) corpus: they have nothing to find.
     """
     q_recs, d_recs = read_records(queries_uri), read_records(corpus_uri)
-    q_ids, q_texts = _ids(queries_uri, q_recs), _field(queries_uri, q_recs, "text")
-    d_ids, d_texts = _ids(corpus_uri, d_recs), _field(corpus_uri, d_recs, "text")
-    has_slices = any("slice" in r for r in q_recs)  # then every record needs one
-    q_slices = _field(queries_uri, q_recs, "slice") if has_slices else None
+    _require_field(queries_uri, q_recs, text_field, "textField")
+    _require_field(corpus_uri, d_recs, text_field, "textField")
+    if slice_field is not None and require_slice:
+        _require_field(queries_uri, q_recs, slice_field, "sliceField")
+    q_ids, q_texts = _ids(queries_uri, q_recs), _field(queries_uri, q_recs, text_field)
+    d_ids, d_texts = _ids(corpus_uri, d_recs), _field(corpus_uri, d_recs, text_field)
+    has_slices = slice_field is not None and any(slice_field in r for r in q_recs)
+    q_slices = _field(queries_uri, q_recs, slice_field) if has_slices else None  # all, then
     qrels = _read_qrels(qrels_uri, set(q_ids), set(d_ids))
     d_keep = _split_mask(corpus_uri, d_recs, split)
     doc_ids = tuple(d for d, k in zip(d_ids, d_keep, strict=True) if k)

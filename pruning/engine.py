@@ -26,13 +26,14 @@ from .adapters import adapter_for
 from .cost import ModelShape
 from .latency import measure
 from .plan import plan, plan_report
-from .recovery import distill, ls_rescale
+from .recovery import DistillConfig, distill, distill_stage, ls_rescale
+from .recovery.distillation import DistillTexts, fingerprint
 from .structure import Budget, Scores, Structure
 from .surgery import apply_structure
 from .tasks import TaskModel
 
-__all__ = ["Progress", "PruneConfig", "PruneResult", "latency_to_flops", "prune", "prune_with_scores",
-           "score_units"]
+__all__ = ["DistillRun", "Progress", "PruneConfig", "PruneResult", "distill_result",
+           "latency_to_flops", "prune", "prune_with_scores", "score_units"]
 
 Progress = Callable[[str, float], None]  # (stage, fraction of the whole run done)
 
@@ -43,8 +44,9 @@ class PruneConfig:
     budget: Budget = field(default_factory=Budget)
     target: str = "self"  # "self" (label-free: the full model's outputs) or "labels"
     rescale: bool = True  # Kwon et al.'s least-squares rescale (retraining-free)
-    distill_steps: int = 0  # knowledge distillation from the full model after the last round
+    distill_steps: int = 0  # plain distillation on the calibration batches (no validation)
     distill_lr: float = 2e-5
+    distill: DistillConfig | None = None  # the distillation stage (needs `DistillTexts`)
     rounds: int = 1  # prune -> recover -> re-score rounds toward the target
     batch_size: int = 32  # calibration batch size (Fisher/Taylor use it for gradient batches)
     seed: int = 0
@@ -109,9 +111,50 @@ def prune_with_scores(full: TaskModel, scores: Scores, batches: list, config: Pr
     return PruneResult(pruned, structure, scores, config, report)
 
 
+@dataclass(frozen=True)
+class DistillRun:
+    """Where and how the distillation stage runs (the job's side of it)."""
+
+    texts: DistillTexts
+    ckpt_dir: str | None = None  # on the artifact store: a restarted job resumes from here
+    use_ray: bool = False  # Ray Train when the job runs inside Ray
+
+
+def distill_result(full: TaskModel, result: PruneResult, cfg: DistillConfig, run: DistillRun, *,
+                   progress: Progress = _noop, span: tuple[float, float] = (0.0, 1.0),
+                   tag: str = "final") -> dict:
+    """Distil `full` into `result.model` (in place); the report section goes to
+    `result.report["distillation"]`, the details to `result.report["distill"]`."""
+    structure = result.structure.to_dict()
+    ckpt = f"{run.ckpt_dir}/{tag}" if run.ckpt_dir else None
+
+    def tick(step, total, loss, agree, frac):
+        of = f"{step}/{total}" if total else f"{step}"
+        va = "n/a" if agree is None else f"{agree:.3f}"
+        progress(f"distill {of} loss {loss:.4f} val_agreement {va}",
+                 span[0] + (span[1] - span[0]) * frac)
+    section, details = distill_stage(
+        result.model, full, run.texts, cfg, kept_layers=result.structure.kept_layers,
+        ckpt_dir=ckpt, fingerprint=fingerprint(structure, cfg, run.texts, tag),
+        use_ray=run.use_ray, on_progress=tick)
+    result.report["distillation"], result.report["distill"] = section, details
+    return section
+
+
+def _round_share(cfg: DistillConfig, r: int, rounds: int) -> DistillConfig:
+    """Intermediate rounds distil with 1/rounds of the budget; the last one with all of it."""
+    if r == rounds:
+        return cfg
+    return replace(cfg, steps=max(1, cfg.steps // rounds) if cfg.steps else 0,
+                   max_seconds=cfg.max_seconds / rounds if cfg.max_seconds else None)
+
+
 def prune(full: TaskModel, calibration: Sequence[Any], config: PruneConfig, *,
-          labels: Sequence | None = None, progress: Progress = _noop) -> PruneResult:
-    """Prune a copy of `full` to `config.budget` using `calibration` examples (texts, pairs, images)."""
+          labels: Sequence | None = None, progress: Progress = _noop,
+          distill_run: DistillRun | None = None) -> PruneResult:
+    """Prune a copy of `full` to `config.budget` using `calibration` examples (texts, pairs, images).
+    With `config.distill` and `distill_run`, the distillation stage runs after surgery in every
+    round (the intermediate rounds' students only re-score; module doc)."""
     torch.manual_seed(config.seed)
     t0 = time.perf_counter()
     batches = full.batches(list(calibration), config.batch_size)
@@ -136,6 +179,12 @@ def prune(full: TaskModel, calibration: Sequence[Any], config: PruneConfig, *,
         progress(f"prune round {r}/{config.rounds}", (r - 0.5) / config.rounds)
         result = prune_with_scores(full, scores, batches, step, shape)
         timings[f"recover_round_{r}"] = result.report["seconds"]["plan_surgery_recovery"]
+        if config.distill is not None and distill_run is not None:
+            ts = time.perf_counter()
+            distill_result(full, result, _round_share(config.distill, r, config.rounds),
+                           distill_run, progress=progress, tag=f"round{r}",
+                           span=((r - 0.5) / config.rounds, r / config.rounds))
+            timings[f"distill_round_{r}"] = time.perf_counter() - ts
     assert result is not None
     result.config = config
     result.report["seconds"] = {**timings, "total": time.perf_counter() - t0}

@@ -7,11 +7,20 @@ deterministically, and scores outside that candidate set are -inf.
 Classification: logits (N, C).
 Similarity pairs (embedding): cosine of the two texts' embeddings, Spearman against the human
 scores; agreement with the full model is the Spearman of the two models' cosines.
+
+Embedding models also keep their vectors, for the quality signals that compare two models'
+vector spaces (`quality_signals`):
+- `embedding_cosine`: mean cosine of full vs pruned vectors of the same evaluation texts
+  (queries and corpus; for similarity pairs both texts of every pair);
+- `cross_tier_ndcg@10`, `cross_tier_mrr@10`, `cross_tier_recall@100` (bi-encoder retrieval only):
+  pruned query vectors searched against an index of the FULL model's corpus vectors, which is what
+  a client sees when split routing sends some requests to each tier. The full model's counterpart
+  is its own metric (full queries on the full index), so kept = cross-tier / full's own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,9 +31,12 @@ from .data import ClassificationData, RetrievalData
 from .pairs import SimilarityData
 from .tasks import TaskModel
 
-__all__ = ["Evaluation", "agreement", "encode", "evaluate"]
+__all__ = ["Evaluation", "Signals", "agreement", "encode", "evaluate", "quality_kept",
+           "quality_signals"]
 
 _RANK_KS = (10,)
+CROSS_TIER = "cross_tier_"  # prefix of the cross-tier retrieval metrics
+EMBEDDING_COSINE = "embedding_cosine"
 
 
 @dataclass
@@ -34,6 +46,9 @@ class Evaluation:
     outputs: np.ndarray = field(repr=False)  # (Q, D) scores or (N, C) logits, for agreement
     slice_of_row: tuple[str, ...] | None = field(default=None, repr=False)
     kind: str = "rank"  # rank | class | similarity: how agreement compares outputs
+    # embedding models: (queries (Q, d), corpus (D, d)) or similarity (texts (N, d), pairs (N, d))
+    vectors: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    relevance: np.ndarray | None = field(default=None, repr=False)  # (Q, D) bi-encoder retrieval
 
 
 @torch.inference_mode()
@@ -55,11 +70,13 @@ def _candidates(data: RetrievalData, negatives: int) -> list[list[int]]:
     return out
 
 
-def _rank_scores(tm: TaskModel, data: RetrievalData, batch_size: int, negatives: int) -> np.ndarray:
+def _rank_scores(tm: TaskModel, data: RetrievalData, batch_size: int, negatives: int
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """(Q, D) scores, and the (query, corpus) vectors of a bi-encoder (None for a cross-encoder)."""
     if not tm.cross_encoder:
         q = encode(tm, list(data.queries), batch_size)  # (Q, d)
         d = encode(tm, list(data.corpus), batch_size)  # (D, d)
-        return (q @ d.T).numpy()  # (Q, D)
+        return (q @ d.T).numpy(), (q.numpy(), d.numpy())  # (Q, D)
     cands = _candidates(data, negatives)
     pairs = [(data.queries[i], data.corpus[j]) for i, c in enumerate(cands) for j in c]
     flat = encode(tm, pairs, batch_size)[:, 0].numpy()  # (sum of candidates,)
@@ -68,7 +85,7 @@ def _rank_scores(tm: TaskModel, data: RetrievalData, batch_size: int, negatives:
     for i, c in enumerate(cands):
         scores[i, c] = flat[k:k + len(c)]
         k += len(c)
-    return scores
+    return scores, None
 
 
 def _retrieval_metrics(scores: np.ndarray, rel: np.ndarray) -> dict[str, float]:
@@ -107,7 +124,7 @@ def _similarity(tm: TaskModel, data: SimilarityData, batch_size: int) -> Evaluat
     def metrics(c: np.ndarray, s: np.ndarray) -> dict[str, float]:
         return {"spearman": M.spearman(c, s)}
     return Evaluation(metrics(cos, scores), _by_slice(metrics, data.slices, cos, scores),
-                      cos[:, None], data.slices, kind="similarity")
+                      cos[:, None], data.slices, kind="similarity", vectors=(a.numpy(), b.numpy()))
 
 
 def evaluate(tm: TaskModel, data: RetrievalData | ClassificationData | SimilarityData, *,
@@ -116,14 +133,16 @@ def evaluate(tm: TaskModel, data: RetrievalData | ClassificationData | Similarit
     from .lm import LMData, evaluate_lm
 
     if isinstance(data, LMData):  # decoder LMs: perplexity, generation task (lm.py)
-        return evaluate_lm(tm, data)
+        return Evaluation(*evaluate_lm(tm, data), kind="lm")
     if isinstance(data, SimilarityData):
         return _similarity(tm, data, batch_size)
     if isinstance(data, RetrievalData):
-        scores, rel = _rank_scores(tm, data, batch_size, negatives), data.relevance_matrix()
+        scores, vectors = _rank_scores(tm, data, batch_size, negatives)
+        rel = data.relevance_matrix()
         return Evaluation(_retrieval_metrics(scores, rel),
                           _by_slice(_retrieval_metrics, data.query_slices, scores, rel),
-                          scores, data.query_slices)
+                          scores, data.query_slices, vectors=vectors,
+                          relevance=rel if vectors is not None else None)
     logits = encode(tm, list(data.texts), batch_size).numpy()  # (N, C)
     labels = np.asarray(data.labels)
 
@@ -150,3 +169,47 @@ def agreement(pruned: Evaluation, full: Evaluation) -> tuple[dict[str, float], d
         return out
     p, f = pruned.outputs, full.outputs
     return fn(p, f), _by_slice(fn, full.slice_of_row, p, f)
+
+
+@dataclass(frozen=True)
+class Signals:
+    """Quality signals comparing the two models' vector spaces, shaped like the metrics they
+    join: pruned/full {metric: value} overall and {slice: {metric: value}}. Empty for
+    non-embedding runs."""
+
+    pruned: dict[str, float] = field(default_factory=dict)
+    full: dict[str, float] = field(default_factory=dict)
+    pruned_slices: dict[str, dict[str, float]] = field(default_factory=dict)
+    full_slices: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _prefixed(metrics: dict[str, float]) -> dict[str, float]:
+    return {CROSS_TIER + k: v for k, v in metrics.items()}
+
+
+def quality_signals(pruned: Evaluation, full: Evaluation) -> Signals:
+    """`embedding_cosine` and the `cross_tier_*` retrieval metrics of pruned against full (see the
+    module doc). The full model's side: cosine 1.0, cross-tier = its own retrieval metrics."""
+    if pruned.vectors is None or full.vectors is None:
+        return Signals()
+    (pa, pb), (fa, fb) = pruned.vectors, full.vectors
+    cosine = M.mean_cosine(np.concatenate([pa, pb]), np.concatenate([fa, fb]))
+    out_p, out_f = {EMBEDDING_COSINE: cosine}, {EMBEDDING_COSINE: 1.0}
+    if full.relevance is None:  # similarity pairs: no index to search
+        return Signals(out_p, out_f)
+    cross = pa @ fb.T  # (Q, D): pruned queries on the full model's index
+    rel = full.relevance
+    slices_p = {s: _prefixed(m) for s, m in
+                _by_slice(_retrieval_metrics, full.slice_of_row, cross, rel).items()}
+    slices_f = {s: _prefixed(m) for s, m in full.slices.items()}
+    return Signals({**out_p, **_prefixed(_retrieval_metrics(cross, rel))},
+                   {**out_f, **_prefixed(full.metrics)}, slices_p, slices_f)
+
+
+def quality_kept(pruned: dict[str, float], full: dict[str, float],
+                 own: Iterable[str]) -> dict[str, float | None]:
+    """pruned / full for the task's own metrics (`own`) and the cross-tier ones (kept against
+    full's own retrieval metric); not for agreement or cosine, which already compare the two."""
+    keys = set(own)
+    return {k: (v / full[k] if full.get(k) else None) for k, v in pruned.items()
+            if k in keys or k.startswith(CROSS_TIER)}

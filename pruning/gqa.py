@@ -1,8 +1,9 @@
 """Planning under grouped-query attention (GQA): whole KV groups are the head units.
 
 In a GQA layer with H query heads and H/g KV heads, query head h reads KV head h // g. Removing a
-KV head therefore removes its g query heads with it. `plan.plan` sends a GQA shape here, and the
-plan is made on a *group view* of the model:
+KV head therefore removes its g query heads with it. `plan.plan` / `plan.plan_gqa` send a GQA
+shape here (this module never imports plan.py: the dense planner is passed in), and the plan is
+made on a *group view* of the model:
 
 - the view's "heads" are the KV groups, each costing g query heads plus one KV head's k/v
   projections (`ModelShape.head_group` keeps the k/v share exact, see cost.py);
@@ -26,7 +27,7 @@ import torch
 from .cost import ModelShape, encoder_flops, encoder_params
 from .structure import Budget, LayerStructure, Scores, Structure
 
-__all__ = ["expand_groups", "group_scores", "group_view", "plan_gqa", "plan_groups"]
+__all__ = ["expand_groups", "group_scores", "group_view", "plan_groups"]
 
 Planner = Callable[[Scores, Budget, ModelShape], Structure]
 
@@ -115,11 +116,3 @@ def _view_budget(budget: Budget, shape: ModelShape, view: ModelShape) -> Budget:
                          f"{shape.head_group} query heads per group already removes "
                          f"{1 - 1 / ratio:.3f} of encoder {budget.kind}; ask for more")
     return replace(budget, target=target, tolerance=budget.tolerance * ratio)
-
-
-def plan_gqa(scores: Scores, budget: Budget, shape: ModelShape, *,
-             queries_per_group: int | None = None) -> Structure:
-    """`plan.plan` for a GQA model, with optional query-head pruning inside the kept groups."""
-    from .plan import _plan
-
-    return plan_groups(_plan, scores, budget, shape, queries_per_group=queries_per_group)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .data import DataError, _local_path
+from .datapath import DataError, local_path
 
 __all__ = ["decode_images"]
 
@@ -43,7 +43,7 @@ def decode_images(uri: str | Path, records: Sequence[Mapping[str, Any]], field: 
     """PIL images from `field` of every record."""
     from PIL import Image, UnidentifiedImageError
 
-    local = _local_path(uri)
+    local = local_path(uri)
     base = local.parent if local is not None else None
     images = []
     for i, rec in enumerate(records):

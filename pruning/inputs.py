@@ -34,13 +34,17 @@ def _local(uri: str, base: Path) -> Path:
     return resolve(uri)
 
 
-def _retrieval(src: DataSource, base: Path, where: str) -> tuple[RetrievalData, list[Path]]:
+def _retrieval(src: DataSource, spec: PrunedModelSpec, base: Path,
+               where: str) -> tuple[RetrievalData, list[Path]]:
     missing = [f for f in ("queries", "corpus", "qrels") if getattr(src, f) is None]
     if missing:
         raise DataError(f"spec.data.{where}: a retrieval task needs queries, corpus and qrels; "
                         f"missing {', '.join(missing)}")
     paths = [_local(getattr(src, f), base) for f in ("queries", "corpus", "qrels")]
-    data = load_retrieval(*paths, split=src.split)
+    d = spec.data  # a slice field the spec names explicitly must exist; the default may not
+    data = load_retrieval(*paths, split=src.split, text_field=d.text_field,
+                          slice_field=d.slice_field,
+                          require_slice="slice_field" in d.model_fields_set)
     if src.limit is not None and src.limit < len(data.query_ids):
         data = _head_queries(data, src.limit)
     return data, paths
@@ -120,7 +124,7 @@ def load_inputs(spec: PrunedModelSpec, base_dir: Path) -> JobInputs:
         elif task is Task.embedding and src.uri is not None:
             data, paths = _similarity(src, spec, base_dir)
         elif task in (Task.embedding, Task.rerank):
-            data, paths = _retrieval(src, base_dir, where)
+            data, paths = _retrieval(src, spec, base_dir, where)
         else:
             data, paths = _classification(src, spec, base_dir, where, names)
         loaded[where], files = data, files + paths

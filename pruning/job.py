@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .inputs import JobInputs, load_inputs
+from .report_model import PruningReport, ReportError
 from .spec import PrunedModelSpec, SpecError, load_spec
 from .storage import resolve
 
@@ -57,19 +58,26 @@ def _reuse(art: Path) -> dict | None:
     report = art / "report.json"
     if not report.is_file():
         return None
-    doc = json.loads(report.read_text())
+    try:
+        doc = PruningReport.read(report).to_doc()
+    except (ReportError, ValueError):  # unreadable or from an incompatible schema: run again
+        return None
     return doc if doc.get("complete") else None
 
 
-def _write_report(out: Path, art: Path, report: dict) -> None:
+def _write_report(out: Path, art: Path, report: dict) -> dict:
+    """Validate through `PruningReport`, write report.json (strict JSON: non-finite -> null)
+    and report.html; returns the report as written."""
     from .report import write_html
 
-    text = json.dumps(report, indent=2, sort_keys=True, default=str) + "\n"
+    model = PruningReport.read(report)
+    text, doc = model.to_json(), model.to_doc()
     for where in (art, out):
         tmp = where / "report.json.tmp"
         tmp.write_text(text)
         tmp.replace(where / "report.json")
-    write_html(report, out / "report.html")
+    write_html(doc, out / "report.html")
+    return doc
 
 
 def run_job(spec: PrunedModelSpec, out: str | Path, *, name: str = "prunedmodel",
@@ -87,14 +95,14 @@ def run_job(spec: PrunedModelSpec, out: str | Path, *, name: str = "prunedmodel"
     cached = _reuse(art) if reuse else None
     if cached is not None:
         cached["reused"] = True
-        _write_report(out_dir, art, cached)
+        cached = _write_report(out_dir, art, cached)
         tick("done (reused)", 1.0)
         return cached, EXIT_PASSED if cached["deployable"] else EXIT_GATES_FAILED
     art.mkdir(parents=True, exist_ok=True)
     report = run_pipeline(spec, inputs, art, tick)
     report.update({"name": name, "key": key, "inputs": inputs.hashes, "complete": True,
                    "artifact": {"path": str(art), "uri": f"{Path(out_dir).as_uri()}/artifacts/{key}"}})
-    _write_report(out_dir, art, report)
+    report = _write_report(out_dir, art, report)
     tick("done", 1.0)
     return report, EXIT_PASSED if report["deployable"] else EXIT_GATES_FAILED
 

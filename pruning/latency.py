@@ -11,7 +11,24 @@ import torch
 
 from .tasks import Task, TaskModel
 
-__all__ = ["Latency", "measure", "synthetic_batch"]
+__all__ = ["Latency", "job_device", "measure", "model_device", "synthetic_batch"]
+
+
+def job_device() -> torch.device:
+    """The job's device, chosen once: CUDA when a GPU is visible, else the CPU.
+    `TIERSERVE_DEVICE` (e.g. `cpu`, `cuda:1`) overrides."""
+    import os
+
+    name = os.environ.get("TIERSERVE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def model_device(tm: TaskModel) -> str:
+    """Where `tm`'s weights live, e.g. "cpu" or "cuda:0" (with the card's name on CUDA)."""
+    dev = next(tm.model.parameters()).device
+    if dev.type == "cuda":
+        return f"{dev} ({torch.cuda.get_device_name(dev)})"
+    return str(dev)
 
 
 @dataclass(frozen=True)
@@ -21,10 +38,11 @@ class Latency:
     repeats: int
     batch: int
     seq_len: int
+    device: str = "cpu"
 
     def to_dict(self) -> dict:
         return {"p50_s": self.p50_s, "p95_s": self.p95_s, "repeats": self.repeats,
-                "batch": self.batch, "seq_len": self.seq_len}
+                "batch": self.batch, "seq_len": self.seq_len, "device": self.device}
 
 
 def synthetic_batch(tm: TaskModel, batch: int, seq_len: int) -> dict[str, torch.Tensor]:
@@ -47,16 +65,21 @@ def measure(tm: TaskModel, batch: int = 32, seq_len: int = 128, *, repeats: int 
     x = inputs if inputs is not None else synthetic_batch(tm, batch, seq_len)
     if "token_type_ids" in x and "token_type_ids" not in _accepted(tm):
         x = {k: v for k, v in x.items() if k != "token_type_ids"}
+    dev = next(tm.model.parameters()).device
+    x = {k: v.to(dev) for k, v in x.items()}  # inputs on the device before the clock starts
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         tm.outputs(x)
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         tm.outputs(x)
+        sync()  # CUDA runs asynchronously: wait for the forward to really finish
         times.append(time.perf_counter() - t0)
     times.sort()
     p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-    return Latency(statistics.median(times), p95, repeats, batch, seq_len)
+    return Latency(statistics.median(times), p95, repeats, batch, seq_len, model_device(tm))
 
 
 def _accepted(tm: TaskModel) -> set[str]:

@@ -113,10 +113,13 @@ def _ppl(nll: np.ndarray, count: np.ndarray) -> float:
 
 
 # -- generation ---------------------------------------------------------------------------------
-def _prompt_ids(tm: TaskModel, prompts: Sequence[str], chat: bool) -> dict[str, torch.Tensor]:
+def _prompt_ids(tm: TaskModel, prompts: Sequence[str | list[dict]],
+                chat: bool) -> dict[str, torch.Tensor]:
+    """A prompt is a user message, or a whole conversation ([{"role", "content"}, ...])."""
     tok = tm.processor
     if chat and getattr(tok, "chat_template", None):
-        prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+        prompts = [tok.apply_chat_template(p if isinstance(p, list) else
+                                           [{"role": "user", "content": p}], tokenize=False,
                                            add_generation_prompt=True) for p in prompts]
     side = tok.padding_side
     tok.padding_side = "left"  # generation continues every row from its last real token
@@ -138,8 +141,11 @@ class Generation:
     tokens: int
 
 
-def _generate_kwargs(tm: TaskModel, max_new_tokens: int) -> dict:
-    return {"max_new_tokens": max_new_tokens, "do_sample": False,
+def _generate_kwargs(tm: TaskModel, max_new_tokens: int, temperature: float = 0.0) -> dict:
+    """Greedy by default (what the cascade is calibrated on); temperature > 0 samples."""
+    sampling = ({"do_sample": True, "temperature": float(temperature)} if temperature > 0
+                else {"do_sample": False})
+    return {"max_new_tokens": max_new_tokens, **sampling,
             "pad_token_id": tm.processor.pad_token_id, "output_logits": True,
             "return_dict_in_generate": True}
 
@@ -160,14 +166,15 @@ def _score(tm: TaskModel, enc: dict, out) -> list[Generation]:
 
 
 @torch.inference_mode()
-def generate_batch(tm: TaskModel, prompts: Sequence[str], *, max_new_tokens: int = 16,
-                   batch_size: int = 8, chat: bool = True) -> list[Generation]:
+def generate_batch(tm: TaskModel, prompts: Sequence[str | list[dict]], *, max_new_tokens: int = 16,
+                   batch_size: int = 8, chat: bool = True,
+                   temperature: float = 0.0) -> list[Generation]:
     """Greedy continuations of `prompts` (chat template applied when the tokenizer has one),
     `batch_size` prompts per `generate` call (left-padded)."""
     gens: list[Generation] = []
     for start in range(0, len(prompts), batch_size):
         enc = _prompt_ids(tm, prompts[start:start + batch_size], chat)
-        out = tm.model.generate(**enc, **_generate_kwargs(tm, max_new_tokens))
+        out = tm.model.generate(**enc, **_generate_kwargs(tm, max_new_tokens, temperature))
         gens.extend(_score(tm, enc, out))
     return gens
 
@@ -180,8 +187,8 @@ def generate_scored(tm: TaskModel, prompts: Sequence[str], *, max_new_tokens: in
     return [g.text for g in gens], [g.mean_logprob for g in gens]
 
 
-def generate_stream(tm: TaskModel, prompt: str, *, max_new_tokens: int = 16,
-                    chat: bool = True) -> Iterator[str | Generation]:
+def generate_stream(tm: TaskModel, prompt: str | list[dict], *, max_new_tokens: int = 16,
+                    chat: bool = True, temperature: float = 0.0) -> Iterator[str | Generation]:
     """Greedy generation of one prompt streamed as decoded text pieces (transformers'
     `TextIteratorStreamer`), then the whole `Generation` (scored as `generate_batch` does) as the
     last item. The pieces join to exactly the text of `generate_batch` for the same prompt."""
@@ -194,8 +201,8 @@ def generate_stream(tm: TaskModel, prompt: str, *, max_new_tokens: int = 16,
     @torch.inference_mode()
     def work() -> None:
         try:
-            result["out"] = tm.model.generate(**enc, **_generate_kwargs(tm, max_new_tokens),
-                                              streamer=streamer)
+            result["out"] = tm.model.generate(
+                **enc, **_generate_kwargs(tm, max_new_tokens, temperature), streamer=streamer)
         except BaseException as err:  # re-raised in the caller's thread
             result["error"] = err
             streamer.end()
@@ -225,7 +232,7 @@ def calibration_lm(spec, full: TaskModel, pruned: TaskModel, inputs, *, limit: i
     validation prompts (else the calibration prompts) so that answers agree with full's
     (`answers_agree`) on at least `target_agreement` of them. `choices` (the task's distinct
     answers, when it has few) go to the router too, so its shadow compares answers the same way."""
-    from .calibration import calibrate
+    from .cascade import choose_threshold
 
     data, source = inputs.validation, "validation"
     if data is None or not data.prompts:
@@ -236,10 +243,16 @@ def calibration_lm(spec, full: TaskModel, pruned: TaskModel, inputs, *, limit: i
     p_text, conf = generate_scored(pruned, prompts, max_new_tokens=max_new_tokens)
     agree = np.array([answers_agree(a, b, choices) for a, b in zip(p_text, f_text, strict=True)])
     target = spec.serving.target_agreement
-    cal = calibrate(np.asarray(conf), agree, target)
+    cal = choose_threshold(np.asarray(conf), agree, target, spec.serving.calibration_delta,
+                           field="spec.data.validation" if source == "validation"
+                           else "spec.data.calibration")
     return {"policy": "cascade", "confidence": "mean_logprob", "threshold": cal.threshold,
             "target_agreement": target, "source": source, "request": "generate",
-            "max_new_tokens": max_new_tokens, "choices": choices,
+            "max_new_tokens": max_new_tokens, "choices": choices, "escalation": "whole",
+            "guarantee": {"method": "empirical" if cal.delta is None else "ltt",
+                          "delta": cal.delta, "risk_upper": cal.risk_upper,
+                          "agreement_lower": cal.agreement_lower, "n_needed": cal.n_needed,
+                          "n": cal.n},
             "validation": {"agreement": cal.agreement, "pruned_share": cal.pruned_share,
                            "n": cal.n, "pruned_agreement": float(np.mean(agree))}}
 
@@ -303,10 +316,10 @@ def _task_metrics(generated: Sequence[str], answers: Sequence[str]) -> dict[str,
 
 # -- evaluation ---------------------------------------------------------------------------------
 def evaluate_lm(tm: TaskModel, data: LMData, *, batch_size: int = 8, max_new_tokens: int = 16):
-    """Perplexity (+ generation task) of `tm` on `data` as an `evaluate.Evaluation` whose outputs
-    are the top-1 next-token ids at every real text position (for `next_token_agreement`)."""
-    from .evaluate import Evaluation
-
+    """Perplexity (+ generation task) of `tm` on `data`: (metrics, slices, outputs, row slices),
+    the fields of an `evaluate.Evaluation` of kind "lm" (evaluate.py wraps them; importing it
+    here would be a cycle), whose outputs are the top-1 next-token ids at every real text
+    position (for `next_token_agreement`)."""
     metrics: dict[str, float] = {}
     slices: dict[str, dict[str, float]] = {}
     top1 = np.zeros(0, dtype=np.int64)
@@ -322,7 +335,7 @@ def evaluate_lm(tm: TaskModel, data: LMData, *, batch_size: int = 8, max_new_tok
     if data.prompts:
         generated = generate(tm, data.prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
         metrics.update(_task_metrics(generated, data.answers))
-    return Evaluation(metrics, slices, top1, row_slices, kind="lm")
+    return metrics, slices, top1, row_slices
 
 
 def token_agreement(pruned_top1: np.ndarray, full_top1: np.ndarray) -> dict[str, float]:

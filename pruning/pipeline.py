@@ -13,7 +13,8 @@ import torch
 from .artifact import save_pruned
 from .calibration import calibration_report
 from .data import RetrievalData
-from .engine import PruneConfig, prune, score_units
+from .engine import DistillRun, PruneConfig, distill_result, prune, score_units
+from .evaluate import quality_kept
 from .inputs import Dataset, JobInputs
 from .pairs import SimilarityData
 from .quality import judge, latency_pair
@@ -32,9 +33,23 @@ def prune_config(spec: PrunedModelSpec) -> PruneConfig:
                     structures=tuple(s.value for s in p.structures))
     # A causal LM's outputs are (tokens, vocab) logits: 32 x seqLen x 49k floats would not fit.
     batch = 4 if spec.model.task is Task.text_generation else 32
+    from .recovery.distillation.from_spec import distill_config
+
     return PruneConfig(criterion=p.criterion.value, budget=budget, target=spec.data.labels,
-                       rescale=r.rescale, distill_steps=r.distill_steps, rounds=r.rounds,
-                       batch_size=batch)
+                       rescale=r.rescale, rounds=r.rounds, batch_size=batch,
+                       distill=distill_config(spec))
+
+
+def _distill_run(spec: PrunedModelSpec, inputs: JobInputs, full: TaskModel, art: Path,
+                 config: PruneConfig) -> DistillRun | None:
+    """Texts and checkpoints of the distillation stage; Ray Train when the job runs on Ray."""
+    if config.distill is None:
+        return None
+    from .parallel import ray_active
+    from .recovery.distillation.from_spec import spec_texts
+
+    texts = spec_texts(spec, inputs.calibration, full, inputs.hashes.get("data", {}))
+    return DistillRun(texts, str(art / "distill"), use_ray=ray_active())
 
 
 def calibration_examples(data: Dataset, n: int) -> tuple[list, list | None]:
@@ -68,9 +83,13 @@ def _versions() -> dict:
 
 
 def _load_full(spec: PrunedModelSpec, path: Path) -> TaskModel:
+    from .latency import job_device
+
     m = spec.model
-    return load_task_model(path, m.task, trust_remote_code=m.trust_remote_code,
-                           max_length=m.max_length)
+    tm = load_task_model(path, m.task, trust_remote_code=m.trust_remote_code,
+                         max_length=m.max_length)
+    tm.model.to(job_device())  # chosen once; every copy (the pruned model) stays there
+    return tm
 
 
 def run_pipeline(spec: PrunedModelSpec, inputs: JobInputs, art: Path, tick) -> dict:
@@ -82,23 +101,27 @@ def run_pipeline(spec: PrunedModelSpec, inputs: JobInputs, art: Path, tick) -> d
     examples, labels = calibration_examples(inputs.calibration, spec.pruning.calibration_samples)
     tick("prune", 0.1)
     trace: list[dict] = []
+    run = _distill_run(spec, inputs, full, art, config)
     if spec.pruning.search.mode == "maxSparsity":
         result, trace = _search(spec, full, examples, labels, config, inputs, tick)
+        if result is not None and run is not None:  # the searched budget, then distilled
+            distill_result(full, result, config.distill, run, span=(0.6, 0.65),
+                           progress=tick)
     else:
         result = prune(full, examples, config, labels=labels if config.target == "labels" else None,
-                       progress=lambda s, f: tick(s, 0.1 + 0.5 * f))
+                       progress=lambda s, f: tick(s, 0.1 + 0.5 * f), distill_run=run)
     if result is None:
         return _no_result(spec, trace, t0)
     tick("evaluate", 0.65)
     quant = None if spec.quantization.mode == "none" else spec.quantization.mode
+    quant = result.report.get("serve_quantization") or quant  # search chose pruning + INT8
     deployed, quant_report = _quantized(spec, result.model, quant)
     j = judge(spec, full, deployed, inputs.evaluation)  # gates judge what will be served
     tick("save", 0.9)
     save_pruned(result.model, art / "model", structure=result.structure, source=spec.model.uri,
                 criterion=config.criterion, budget=result.config.budget, report=result.report,
                 quantization=quant)
-    kept = {k: (v / j.measured.full[k] if j.measured.full.get(k) else None)
-            for k, v in j.measured.pruned.items() if k in j.full_eval.metrics}
+    kept = quality_kept(j.measured.pruned, j.measured.full, j.full_eval.metrics)
     return {
         "apiVersion": "tierserve.io/v1alpha1", "kind": "PruningReport",
         "task": spec.model.task.value, "deployable": j.passed,
@@ -113,6 +136,7 @@ def run_pipeline(spec: PrunedModelSpec, inputs: JobInputs, art: Path, tick) -> d
         "slices": {"full": j.measured.full_slices, "pruned": j.measured.pruned_slices},
         "latency": j.latency, "size": j.size, "quantization": quant_report, "gates": [g.to_dict() for g in j.gates],
         "search": trace, "versions": _versions(), "evaluated_on": j.evaluated_on,
+        "distillation": result.report.get("distillation"),
         "calibration": calibration_report(spec, full, deployed, inputs),  # cascade threshold
         "seconds": time.perf_counter() - t0,
     }
@@ -125,7 +149,7 @@ def _quantized(spec: PrunedModelSpec, pruned: TaskModel, mode: str | None
         return pruned, None
     from .quantize import quantize, state_size_bytes
 
-    q = replace(pruned, model=quantize(copy.deepcopy(pruned.model), mode))
+    q = replace(pruned, model=quantize(copy.deepcopy(pruned.model).cpu(), mode))  # CPU kernels
     b = spec.pruning.budget
     lat = latency_pair(pruned, q, b.batch, b.seq_len)
     fp, qb = state_size_bytes(pruned.model), state_size_bytes(q.model)

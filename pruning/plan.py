@@ -45,9 +45,10 @@ from .cost import (
     whole_flops,
     whole_params,
 )
+from .gqa import plan_groups
 from .structure import Budget, LayerStructure, Scores, Structure
 
-__all__ = ["PlanError", "plan", "plan_report"]
+__all__ = ["PlanError", "plan", "plan_gqa", "plan_report"]
 
 _STRUCTURES = {"heads", "neurons", "layers"}
 
@@ -184,10 +185,14 @@ def plan(scores: Scores, budget: Budget, shape: ModelShape) -> Structure:
     Under grouped-query attention (`shape.head_group` > 1) whole KV groups are the head units
     (gqa.py)."""
     if shape.head_group > 1:
-        from .gqa import plan_groups
-
         return plan_groups(_plan, scores, budget, shape)
     return _plan(scores, budget, shape)
+
+
+def plan_gqa(scores: Scores, budget: Budget, shape: ModelShape, *,
+             queries_per_group: int | None = None) -> Structure:
+    """`plan` for a GQA model, with optional query-head pruning inside the kept groups (gqa.py)."""
+    return plan_groups(_plan, scores, budget, shape, queries_per_group=queries_per_group)
 
 
 def _plan(scores: Scores, budget: Budget, shape: ModelShape) -> Structure:

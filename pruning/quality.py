@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .evaluate import Evaluation, agreement, evaluate
+from .evaluate import Evaluation, agreement, evaluate, quality_signals
 from .gates import GateResult, Measured, check_gates
 from .inputs import Dataset
-from .latency import measure
+from .latency import measure, model_device
 from .parallel import run_side_by_side
 from .quantize import state_size_bytes
 from .spec import PrunedModelSpec
@@ -40,7 +40,8 @@ def latency_pair(full: TaskModel, pruned: TaskModel, batch: int, seq_len: int,
         p.append(measure(pruned, batch, seq_len, repeats=repeats).p50_s)
     full_p50, pruned_p50 = sorted(f)[len(f) // 2], sorted(p)[len(p) // 2]
     return {"batch": batch, "seq_len": seq_len, "full_p50_s": full_p50,
-            "pruned_p50_s": pruned_p50, "ratio": pruned_p50 / full_p50}
+            "pruned_p50_s": pruned_p50, "ratio": pruned_p50 / full_p50,
+            "device": model_device(pruned)}
 
 
 def _latency(full: TaskModel, pruned: TaskModel, batch: int, seq_len: int) -> dict:
@@ -48,7 +49,8 @@ def _latency(full: TaskModel, pruned: TaskModel, batch: int, seq_len: int) -> di
     if full.task is Task.text_generation:
         from .lm import latency_lm
 
-        return latency_lm(full, pruned, batch=min(batch, 4), seq_len=seq_len)
+        return {**latency_lm(full, pruned, batch=min(batch, 4), seq_len=seq_len),
+                "device": model_device(pruned)}
     return latency_pair(full, pruned, batch, seq_len)
 
 
@@ -61,10 +63,13 @@ def judge(spec: PrunedModelSpec, full: TaskModel, pruned: TaskModel, data: Datas
     else:
         pruned_eval, where = evaluate(pruned, data), "local"
     agree, agree_slices = agreement(pruned_eval, full_eval)
-    pruned_metrics = {**pruned_eval.metrics, **agree}
-    pruned_slices = {s: {**m, **agree_slices.get(s, {})} for s, m in pruned_eval.slices.items()}
-    full_metrics = {**full_eval.metrics, **{k: 1.0 for k in agree}}
-    full_slices = {s: {**m, **{k: 1.0 for k in agree}} for s, m in full_eval.slices.items()}
+    sig = quality_signals(pruned_eval, full_eval)  # embeddings: cosine, cross-tier retrieval
+    pruned_metrics = {**pruned_eval.metrics, **agree, **sig.pruned}
+    pruned_slices = {s: {**m, **agree_slices.get(s, {}), **sig.pruned_slices.get(s, {})}
+                     for s, m in pruned_eval.slices.items()}
+    full_metrics = {**full_eval.metrics, **{k: 1.0 for k in agree}, **sig.full}
+    full_slices = {s: {**m, **{k: 1.0 for k in agree}, **sig.full_slices.get(s, {})}
+                   for s, m in full_eval.slices.items()}
     budget = spec.pruning.budget
     latency = _latency(full, pruned, budget.batch, budget.seq_len) if with_latency else {}
     fb, pb = state_size_bytes(full.model), state_size_bytes(pruned.model)

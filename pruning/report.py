@@ -8,16 +8,24 @@ import io
 import json
 from pathlib import Path
 
-__all__ = ["load_report", "summary_table", "write_html"]
+from .report_model import PruningReport
+
+__all__ = ["load_report", "load_report_model", "summary_table", "write_html"]
 
 
-def load_report(uri: str | Path) -> dict:
+def load_report_model(uri: str | Path) -> PruningReport:
+    """report.json (or its directory) at a path or URI, validated as a `PruningReport`."""
     from .storage import resolve
 
     path = resolve(uri)
     if path.is_dir():
         path = path / "report.json"
-    return json.loads(path.read_text())
+    return PruningReport.read(json.loads(path.read_text()))
+
+
+def load_report(uri: str | Path) -> dict:
+    """The same, as the strict-JSON dict the job wrote (for views that render every key)."""
+    return load_report_model(uri).to_doc()
 
 
 def _fmt(v) -> str:
@@ -56,7 +64,7 @@ def summary_table(report: dict) -> str:
     for col in ("gate", "value", "threshold", "result"):
         g.add_column(col)
     for gate in report.get("gates", []):
-        g.add_row(gate["name"], _fmt(gate["value"]), f"{gate['comparison']} {gate['threshold']:.4f}",
+        g.add_row(gate["name"], _fmt(gate["value"]), f"{gate['comparison']} {_fmt(gate['threshold'])}",
                   "PASS" if gate["passed"] else "FAIL")
     console.print(g)
     for point in report.get("search", []):
@@ -92,7 +100,8 @@ def _charts(report: dict) -> list[tuple[str, str]]:
         out.append(("Structure kept per layer", _png(fig)))
         plt.close(fig)
     trace = [p for p in report.get("search", []) if "metrics" in p]
-    gates = [g for g in report.get("gates", []) if g["slice"] is None and g["comparison"] == ">="]
+    gates = [g for g in report.get("gates", []) if g["slice"] is None and g["comparison"] == ">="
+             and g["threshold"] is not None]
     if trace and gates:
         metric = gates[0]["metric"]
         fig, ax = plt.subplots(figsize=(5, 3))
@@ -103,6 +112,7 @@ def _charts(report: dict) -> list[tuple[str, str]]:
         ax.legend()
         out.append(("Quality vs budget", _png(fig)))
         plt.close(fig)
+    out += _distill_chart(plt, report)
     slices = report.get("slices", {})
     if slices.get("pruned"):
         metric = next(iter(report["metrics"]["full"]))
@@ -118,6 +128,29 @@ def _charts(report: dict) -> list[tuple[str, str]]:
         out.append((f"{metric} per slice", _png(fig)))
         plt.close(fig)
     return out
+
+
+def _distill_chart(plt, report: dict) -> list[tuple[str, str]]:
+    """Validation agreement (and loss) vs distillation steps, best step marked (engineer A)."""
+    d = report.get("distillation") or {}
+    pts = [p for p in d.get("curve") or [] if p.get("val_agreement") is not None]
+    if not pts:
+        return []
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot([p["step"] for p in pts], [p["val_agreement"] for p in pts], "o-",
+            label="validation agreement with full")
+    ax.axvline(d.get("best_step", 0), color="g", ls=":", label="best (kept)")
+    ax.set_xlabel("distillation step")
+    ax.set_ylabel("agreement")
+    loss = [(p["step"], p["loss"]) for p in pts if isinstance(p.get("loss"), float)]
+    if loss:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*loss, strict=True), color="gray", alpha=0.5, label="loss")
+        ax2.set_ylabel("loss")
+    ax.legend(loc="lower right")
+    png = _png(fig)
+    plt.close(fig)
+    return [("Quality vs distillation steps", png)]
 
 
 def write_html(report: dict, path: str | Path) -> None:

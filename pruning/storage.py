@@ -5,8 +5,10 @@ Schemes:
 - `pvc://CLAIM/SUBPATH`: `<pvc_root>/CLAIM/SUBPATH`; the root is an argument, else env
   `TIERSERVE_PVC_ROOT`, else `/mnt/pvc` (where the operator mounts claims).
 - `pkg://PACKAGE/SUBDIR`: a directory shipped inside an installed Python package.
-- `hf://ORG/NAME`: no hub at runtime; resolved only under a local mirror named by env
-  `TIERSERVE_HF_ROOT` (`<root>/ORG/NAME`), else a clear error.
+- `hf://ORG/NAME[@REVISION]`: a Hugging Face Hub snapshot (`hub.py`): downloaded once into the
+  Hub cache (argument, else env `HF_HUB_CACHE`/`HF_HOME`), token from env `HF_TOKEN`, no network
+  with `HF_HUB_OFFLINE=1`. A local mirror named by env `TIERSERVE_HF_ROOT` (`<root>/ORG/NAME`)
+  is used instead when set.
 - any other fsspec protocol (`s3://`, `gs://`, `az://`, `memory://`, ...): copied into a local
   cache (argument, else env `TIERSERVE_CACHE_DIR`, else `~/.cache/tierserve`) when its backend
   package is importable, else an error naming the package to install.
@@ -41,7 +43,8 @@ def scheme_of(uri: str | Path) -> str:
 
 
 def is_local(uri: str | Path) -> bool:
-    """True when `resolve` needs no download (path, file://, pvc://, pkg://, hf:// mirror)."""
+    """True when `resolve` gives a local path without fsspec (path, file://, pvc://, pkg://, and
+    hf://, whose snapshot lies in the Hub cache)."""
     return scheme_of(uri) in _LOCAL
 
 
@@ -72,14 +75,16 @@ def _pkg(uri: str) -> Path:
     return base / sub if sub else base
 
 
-def _hf(uri: str) -> Path:
+def _hf(uri: str, cache_dir: str | Path | None) -> Path:
     root = os.environ.get("TIERSERVE_HF_ROOT")
-    if not root:
-        raise StorageError(
-            f"{uri}: the Hugging Face hub is not reached at runtime; copy the model to a PVC or "
-            "object store and use pvc:// or s3://, or set TIERSERVE_HF_ROOT to a local mirror "
-            "holding ORG/NAME directories")
-    return Path(root) / _after_scheme(uri)
+    if root:  # a local mirror of ORG/NAME directories
+        return Path(root) / _after_scheme(uri).split("@", 1)[0]
+    from .hub import HubError, snapshot
+
+    try:
+        return snapshot(uri, cache_dir=cache_dir)
+    except HubError as err:
+        raise StorageError(str(err)) from None
 
 
 def _fs(uri: str):  # noqa: ANN202 - an fsspec AbstractFileSystem
@@ -124,7 +129,7 @@ def resolve(uri: str | Path, *, pvc_root: str | Path | None = None,
     elif scheme == "pkg":
         path = _pkg(text)
     elif scheme == "hf":
-        path = _hf(text)
+        path = _hf(text, cache_dir)
     else:
         return _download(text, cache_dir)
     if must_exist and not path.exists():
@@ -135,6 +140,9 @@ def resolve(uri: str | Path, *, pvc_root: str | Path | None = None,
 def upload(local_dir: str | Path, uri: str | Path, *, pvc_root: str | Path | None = None) -> str:
     """Copy `local_dir` to `uri` (a no-op for local schemes that resolve to `local_dir`)."""
     local_dir = Path(local_dir)
+    if scheme_of(uri) == "hf":
+        raise StorageError(f"{uri}: hf:// is read-only here; write artifacts to a path, pvc:// "
+                           "or an object store")
     if is_local(uri):
         target = resolve(uri, pvc_root=pvc_root, must_exist=False)
         if target.resolve() != local_dir.resolve():

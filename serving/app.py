@@ -4,6 +4,10 @@
     pruned = Tier(pruned artifact from report.artifact)  spec.serving.full / spec.serving.pruned
     router = Router(full, pruned)                        FastAPI ingress, 0 CPUs
 
+Every deployment's `max_ongoing_requests` / `max_queued_requests` (and the autoscaling target)
+come from the spec's replica counts and batch sizes through `capacity.py`; the router's queue at
+the HTTP proxy is bounded too, and a full one answers 503 + Retry-After (`spec.serving.router`).
+
 The operator points RayService `serveConfigV2` (or `PUT /api/serve/applications/`) at
 `tierserve.serving.app:build_app` with these args; `tierserve run` calls it in-process. Optional
 args: `metricsPort` (the stats actor's own /metrics port), `artifact` (override the pruned
@@ -19,12 +23,16 @@ from pydantic.alias_generators import to_camel
 from ray.serve import Application
 
 from tierserve.pruning.report import load_report
-from tierserve.pruning.spec import PrunedModelSpec, TierSpec, parse_spec
+from tierserve.pruning.report_model import PruningReport
+from tierserve.pruning.spec import PrunedModelSpec, RouterSpec, TierSpec, parse_spec
 
+from .capacity import Capacity, router_capacity, tier_capacity
+from .cost import CostModel
 from .router import Router
 from .tier import Tier
 
-__all__ = ["AppArgs", "build_app", "router_config", "tier_options"]
+__all__ = ["AppArgs", "build_app", "capacity_of", "router_config", "router_options",
+           "tier_options"]
 
 
 class AppArgs(BaseModel):
@@ -37,48 +45,71 @@ class AppArgs(BaseModel):
     artifact: str | None = None
 
 
-def tier_options(t: TierSpec) -> dict:
-    """Serve deployment options of one tier: fixed replicas, or autoscaling with maxReplicas."""
+def capacity_of(t: TierSpec) -> Capacity:
+    return tier_capacity(t.max_batch_size, t.replicas, t.max_replicas, t.max_ongoing_requests,
+                         t.max_queued_requests)
+
+
+def tier_options(t: TierSpec, retry_after_s: float = 1.0) -> dict:
+    """Serve deployment options of one tier: fixed replicas, or autoscaling with maxReplicas;
+    ongoing/queued limits and the autoscaling target from `capacity.py`."""
+    cap = capacity_of(t)
     opts: dict = {"ray_actor_options": {"num_cpus": t.cpus, "num_gpus": t.gpus},
-                  "max_ongoing_requests": max(2 * t.max_batch_size, 8)}
+                  "max_ongoing_requests": cap.max_ongoing, "max_queued_requests": cap.max_queued,
+                  "backpressure_config": {"status_code": 503, "retry_after_s": retry_after_s}}
     if t.max_replicas is not None and t.max_replicas > t.replicas or t.replicas == 0:
         opts["autoscaling_config"] = {"min_replicas": t.replicas,
                                       "initial_replicas": max(t.replicas, 1),
                                       "max_replicas": max(t.max_replicas or 1, t.replicas, 1),
-                                      "target_ongoing_requests": t.max_batch_size}
+                                      "target_ongoing_requests": cap.target_ongoing}
     else:
         opts["num_replicas"] = t.replicas
     return opts
 
 
-def router_config(name: str, spec: PrunedModelSpec, report: dict, metrics_port: int | None) -> dict:
+def router_options(r: RouterSpec, full: TierSpec, pruned: TierSpec) -> dict:
+    """The router admits what both tiers can hold; the proxy queues a bounded number more and
+    answers 503 + Retry-After beyond that."""
+    cap = router_capacity([capacity_of(full), capacity_of(pruned)], r.replicas,
+                          r.max_ongoing_requests, r.max_queued_requests)
+    return {"num_replicas": r.replicas, "max_ongoing_requests": cap.max_ongoing,
+            "max_queued_requests": cap.max_queued,
+            "backpressure_config": {"status_code": 503, "retry_after_s": r.retry_after_s}}
+
+
+def router_config(name: str, spec: PrunedModelSpec, report: PruningReport,
+                  metrics_port: int | None) -> dict:
+    doc = report.to_doc()  # the sections the router needs, as plain JSON
     return {"name": name, "spec": spec.model_dump(mode="json", by_alias=True),
-            "calibration": report.get("calibration"),
-            "latency_ratio": (report.get("latency") or {}).get("ratio"),
+            "calibration": doc.get("calibration"),
+            "gates": doc.get("gates"),  # the cross-tier gate decides whether embed may split
+            "latency_ratio": report.latency.ratio if report.latency else None,
             "metrics_port": metrics_port}
 
 
-def _artifact_uri(report: dict) -> str:
-    art = report.get("artifact") or {}
-    uri = art.get("uri") or art.get("path")
+def _artifact_uri(report: PruningReport) -> str:
+    uri = report.artifact_model_uri
     if not uri:
         raise ValueError("report has no artifact (artifact.uri): the pruning job did not finish")
-    return uri.rstrip("/") + "/model"
+    return uri
 
 
 def build_app(args: dict) -> Application:
     a = AppArgs.model_validate(args)
     spec = parse_spec(a.spec)
-    report = a.report if isinstance(a.report, dict) else load_report(a.report)
-    if not report.get("deployable"):
+    report = PruningReport.read(a.report if isinstance(a.report, dict) else load_report(a.report))
+    if not report.deployable:
         raise ValueError(f"report {a.report if isinstance(a.report, str) else ''} is not "
-                         f"deployable (status {report.get('status')}): a gate failed")
+                         f"deployable (status {report.status}): a gate failed")
     m, s = spec.model, spec.serving
-    common = {"task": m.task.value, "max_length": m.max_length}
-    full = Tier.options(name="full", **tier_options(s.full)).bind(
-        "full", m.uri, max_batch_size=s.full.max_batch_size,
+    cost = CostModel.from_spec(spec.cost, report.latency.ratio if report.latency else None)
+    common = {"task": m.task.value, "max_length": m.max_length, "model": a.name, "cost": cost}
+    retry = s.router.retry_after_s
+    full = Tier.options(name="full", **tier_options(s.full, retry)).bind(
+        "full", m.uri, max_batch_size=s.full.max_batch_size, gpus=s.full.gpus,
         threads=max(1, math.floor(s.full.cpus)), **common)
-    pruned = Tier.options(name="pruned", **tier_options(s.pruned)).bind(
+    pruned = Tier.options(name="pruned", **tier_options(s.pruned, retry)).bind(
         "pruned", a.artifact or _artifact_uri(report), max_batch_size=s.pruned.max_batch_size,
-        threads=max(1, math.floor(s.pruned.cpus)), **common)
-    return Router.bind(full, pruned, router_config(a.name, spec, report, a.metrics_port))
+        gpus=s.pruned.gpus, threads=max(1, math.floor(s.pruned.cpus)), **common)
+    router = Router.options(**router_options(s.router, s.full, s.pruned))
+    return router.bind(full, pruned, router_config(a.name, spec, report, a.metrics_port))

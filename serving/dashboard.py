@@ -1,7 +1,7 @@
 """The Grafana dashboard, recording rules and alerts for tierserve, as code.
 
 Everything reads the contract-3 metrics (`tierserve_requests_total`, `..._request_duration_seconds`,
-`..._savings_usd_total`, ...). The expensive queries (per-tier rates, latency quantiles from the
+`tierserve_savings_usd`, ...). The expensive queries (per-tier rates, latency quantiles from the
 histogram, cost and savings rates) are recording rules; the dashboard reads the recorded series
 where one exists. Recorded names follow Prometheus' `level:metric:operations` convention and keep
 the `namespace` label that a ServiceMonitor/PodMonitor adds (absent in a plain local scrape; the
@@ -75,7 +75,7 @@ RECORDING_RULES: dict[str, str] = {
         f"sum by ({BY}, tier) (rate(tierserve_cost_usd_total[5m]))",
     "namespace_model:tierserve_counterfactual_cost_usd:rate5m":
         f"sum by ({BY}) (rate(tierserve_counterfactual_cost_usd_total[5m]))",
-    # savings = counterfactual - cost; tierserve_savings_usd_total is a gauge (escalations can
+    # savings = counterfactual - cost; tierserve_savings_usd is a gauge (escalations can
     # make it dip), so its rate comes from the two counters, not from rate() of the gauge.
     "namespace_model:tierserve_savings_usd:rate5m":
         "namespace_model:tierserve_counterfactual_cost_usd:rate5m"
@@ -103,7 +103,7 @@ ALERTS: dict[str, tuple[str, str, str, str, str]] = {
         "{{ $labels.namespace }} and requests are served by the full tier as fallback: "
         "quality holds but the savings stop. Check the pruned Serve deployment."),
     "TierserveSavingsRateZero": (
-        f"sum by ({BY}) (delta(tierserve_savings_usd_total[30m])) <= 0"
+        f"sum by ({BY}) (delta(tierserve_savings_usd[30m])) <= 0"
         f" and on ({BY}) sum by ({BY}) (rate(tierserve_requests_total[30m])) > 0",
         "15m", "warning",
         "{{ $labels.model }} serves traffic but saves nothing",
@@ -171,6 +171,16 @@ PANELS: tuple[Panel, ...] = (
         _q(f"sum by (model) (rate(tierserve_fallbacks_total{{{SEL}}}[$__rate_interval]))",
            "fallbacks {{model}}"),),
         description="Cascade escalations to the full tier, and fallbacks when a tier fails."),
+    Panel("Refused, cancelled, truncated; open circuits", "reqps", (
+        _q(f"sum by (reason) (rate(tierserve_rejected_total{{{SEL}}}[$__rate_interval]))",
+           "refused {{reason}}"),
+        _q(f"sum by (tier) (rate(tierserve_cancelled_total{{{SEL}}}[$__rate_interval]))",
+           "cancelled {{tier}}"),
+        _q(f"sum by (tier) (rate(tierserve_truncated_total{{{SEL}}}[$__rate_interval]))",
+           "truncated texts {{tier}}"),
+        _q(f"max by (tier) (tierserve_circuit_open{{{SEL}}})", "circuit open {{tier}}"),),
+        description="503/413 refusals by reason, timed-out calls cancelled, texts cut at "
+                    "maxLength, and 1 while the router sends a tier nothing (docs/serving.md)."),
     Panel("Live shadow agreement vs gate", "percentunit", (
         _q(f"avg by (model) (tierserve_shadow_agreement{{{SEL}}})", "agreement {{model}}"),
         _q(f"max by (model) (tierserve_agreement_gate{{{SEL}}})", "gate {{model}}"),
@@ -187,7 +197,7 @@ PANELS: tuple[Panel, ...] = (
         _q(f"sum (namespace_model:tierserve_counterfactual_cost_usd:rate5m{{{SEL}}})"
            f" * {SECONDS_PER_DAY}", "all-full (counterfactual)"),)),
     Panel("Cumulative savings ($)", "currencyUSD", (
-        _q(f"sum by (model) (tierserve_savings_usd_total{{{SEL}}})", "{{model}}"),), kind="stat"),
+        _q(f"sum by (model) (tierserve_savings_usd{{{SEL}}})", "{{model}}"),), kind="stat"),
     Panel("Savings rate ($/day)", "currencyUSD", (
         _q(f"sum by (model) (namespace_model:tierserve_savings_usd:rate5m{{{SEL}}})"
            f" * {SECONDS_PER_DAY}", "{{model}}"),),

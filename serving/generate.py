@@ -51,19 +51,32 @@ def answer_fields(reply: dict) -> dict:
             "prompt_tokens": reply["input_tokens"], "mean_logprob": reply["mean_logprob"]}
 
 
+def _how(req: dict) -> tuple[int, bool, float]:
+    """(max_new_tokens, chat template?, temperature) of a request: its generate call's shape.
+    Optional keys (the OpenAI endpoints): `chat: false` for a raw completion prompt,
+    `messages` for a whole conversation, `temperature` > 0 to sample."""
+    return (int(req["max_new_tokens"]), bool(req.get("chat", True)),
+            float(req.get("temperature") or 0.0))
+
+
+def _prompt(req: dict):
+    return req.get("messages") or req["texts"][0]
+
+
 def generate_replies(tm, reqs: list[dict], tier: str) -> list[dict]:
     """Answer a batch of generate requests: one left-padded `generate` call per distinct
-    `max_new_tokens`; each reply's `compute_s` is its token share of that call."""
+    (`max_new_tokens`, chat, temperature); each reply's `compute_s` is its token share of that
+    call."""
     from tierserve.pruning.lm import generate_batch
 
     replies: list[dict | None] = [None] * len(reqs)
-    groups: dict[int, list[int]] = {}
+    groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(reqs):
-        groups.setdefault(int(r["max_new_tokens"]), []).append(i)
-    for max_new, idx in groups.items():
+        groups.setdefault(_how(r), []).append(i)
+    for (max_new, chat, temperature), idx in groups.items():
         t0 = time.perf_counter()
-        gens = generate_batch(tm, [reqs[i]["texts"][0] for i in idx], max_new_tokens=max_new,
-                              batch_size=len(idx))
+        gens = generate_batch(tm, [_prompt(reqs[i]) for i in idx], max_new_tokens=max_new,
+                              batch_size=len(idx), chat=chat, temperature=temperature)
         seconds = time.perf_counter() - t0
         total = sum(g.prompt_tokens + g.tokens for g in gens)
         for i, g in zip(idx, gens, strict=True):
@@ -77,7 +90,9 @@ def stream_reply(tm, req: dict, tier: str) -> Iterator[dict]:
     from tierserve.pruning.lm import Generation, generate_stream
 
     t0 = time.perf_counter()
-    for item in generate_stream(tm, req["texts"][0], max_new_tokens=int(req["max_new_tokens"])):
+    max_new, chat, temperature = _how(req)
+    for item in generate_stream(tm, _prompt(req), max_new_tokens=max_new, chat=chat,
+                                temperature=temperature):
         if isinstance(item, Generation):
             yield {**_reply(item, tier, time.perf_counter() - t0), "done": True}
         else:

@@ -1,7 +1,11 @@
 """The metrics of contract 3, kept in ONE place per model so every router replica adds to the same
 counters: a named, detached Ray actor (`Stats`) owns a prometheus-client registry, the shadow
-agreement window and the fallback switch. Router replicas buffer their events (`Events`) and push
-them every `FLUSH_S` seconds, off the request path; the reply carries the shared shadow state back.
+agreement window and the fallback switch. A router replica's reply leaves only once its events
+are in the actor (a group commit, serving/guard.py), so a killed router loses at most the
+requests it had in flight, never an answered one;
+what is not tied to an answer (shadow outcomes, tier health) is pushed every `FLUSH_S` seconds,
+and that reply carries the shared shadow state back. Tiers charge the replica time of cancelled
+calls here too (`charge_abandoned`), so cost counts what really ran.
 
 Why an actor and not prometheus-client's multiprocess mode: replicas of one app run on several
 nodes (pods), and multiprocess mode only merges processes that share one local directory. The
@@ -19,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from .policy import REASONS, ShadowMonitor
 
-__all__ = ["Events", "Metrics", "Stats", "stats_actor"]
+__all__ = ["Events", "Metrics", "Stats", "charge_abandoned", "stats_actor", "stats_name"]
 
 log = logging.getLogger("tierserve.serving")
 FLUSH_S = 0.25
@@ -52,8 +56,9 @@ class Metrics:
         self.counterfactual = Counter("tierserve_counterfactual_cost_usd_total",
                                       "Estimated cost had full served everything", ["model"],
                                       registry=r)
-        self.savings = Gauge("tierserve_savings_usd_total", "counterfactual - cost (can dip "
-                             "below 0 with escalations, hence a gauge)", ["model"], registry=r)
+        self.savings = Gauge("tierserve_savings_usd", "counterfactual - cost, cumulative (can "
+                             "dip with escalations, hence a gauge, so no _total)", ["model"],
+                             registry=r)
         self.pruned_share = Gauge("tierserve_pruned_share", "Share of requests answered by pruned",
                                   ["model"], registry=r)
         self.tier_up = Gauge("tierserve_tier_up", "1 when the tier answers health checks",
@@ -61,6 +66,27 @@ class Metrics:
         self.tokens = Counter("tierserve_tokens_total", "Tokens processed: kind=input (prompts, "
                               "texts) or output (generated)", ["model", "tier", "kind"],
                               registry=r)
+        self.truncated = Counter("tierserve_truncated_total", "Texts cut at maxLength tokens",
+                                 ["model", "tier"], registry=r)
+        self.cancelled = Counter("tierserve_cancelled_total", "Tier calls cancelled (timed out); "
+                                 "their replica time is in the cost", ["model", "tier"], registry=r)
+        self.rejected = Counter("tierserve_rejected_total", "Requests refused: reason=backpressure "
+                                "(503), too_large (413), tier_down (503)", ["model", "reason"],
+                                registry=r)
+        self.circuit_open = Gauge("tierserve_circuit_open", "1 while the router sends nothing to "
+                                  "the tier (its replica died or failed health checks)",
+                                  ["model", "tier"], registry=r)
+        # issue 15 (cost model, partial escalation)
+        self.cost_ratio = Gauge("tierserve_cost_ratio", "Pruned/full cost ratio the savings are "
+                                "priced with; source=job:measured|job:clamped_to_ideal|live|...",
+                                ["model", "source"], registry=r)
+        self.escalated_items = Counter("tierserve_escalated_items_total", "Items full scored for "
+                                       "escalated cascade requests (rerank: top-m documents; "
+                                       "classify: unconfident texts)", ["model", "endpoint"],
+                                       registry=r)
+
+
+REJECTIONS = ("backpressure", "too_large", "tier_down")
 
 
 @dataclass
@@ -76,6 +102,12 @@ class Events:
     counterfactual: float = 0.0
     tier_up: dict[str, bool] = field(default_factory=dict)
     tokens: dict[tuple[str, str], int] = field(default_factory=dict)  # (tier, kind) -> n
+    truncated: dict[str, int] = field(default_factory=dict)  # tier -> texts cut
+    cancelled: dict[str, int] = field(default_factory=dict)  # tier -> calls cancelled
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> requests refused
+    circuit_open: dict[str, bool] = field(default_factory=dict)
+    escalated_items: dict[str, int] = field(default_factory=dict)  # endpoint -> items to full
+    cost_ratio: tuple[float, str] | None = None  # (ratio in use, its source)
 
     def count_tokens(self, tier: str, reply: dict) -> None:
         """Tokens a tier processed for one reply (its `input_tokens` / `output_tokens`)."""
@@ -83,6 +115,11 @@ class Events:
             n = int(reply.get(f"{kind}_tokens", 0))
             if n:
                 self.tokens[(tier, kind)] = self.tokens.get((tier, kind), 0) + n
+
+    def add(self, what: str, key: str, n: int = 1) -> None:
+        """Count into one of the keyed counters (`truncated`, `cancelled`, `rejected`)."""
+        d = getattr(self, what)
+        d[key] = d.get(key, 0) + n
 
     def request(self, tier: str, reason: str, seconds: float) -> None:
         self.requests[(tier, reason)] = self.requests.get((tier, reason), 0) + 1
@@ -95,7 +132,8 @@ class Events:
 
     def empty(self) -> bool:
         return not (self.requests or self.shadow or self.cost or self.tier_up or self.tokens
-                    or self.escalations or self.fallbacks)
+                    or self.escalations or self.fallbacks or self.truncated or self.cancelled
+                    or self.rejected or self.circuit_open)
 
 
 class Stats:
@@ -121,6 +159,11 @@ class Stats:
             m.cost.labels(model, tier)
             for kind in TOKEN_KINDS:
                 m.tokens.labels(model, tier, kind)
+            m.truncated.labels(model, tier)
+            m.cancelled.labels(model, tier)
+            m.circuit_open.labels(model, tier).set(0)
+        for reason in REJECTIONS:
+            m.rejected.labels(model, reason)
         for metric in (m.escalations, m.fallbacks, m.shadow, m.counterfactual):
             metric.labels(model)
         for gauge in (m.shadow_active, m.savings, m.pruned_share):
@@ -149,6 +192,17 @@ class Stats:
             m.tokens.labels(name, tier, kind).inc(n)
         for tier, up in ev.tier_up.items():
             m.tier_up.labels(name, tier).set(1 if up else 0)
+        for counter, counts in ((m.truncated, ev.truncated), (m.cancelled, ev.cancelled),
+                                (m.rejected, ev.rejected)):
+            for key, n in counts.items():
+                counter.labels(name, key).inc(n)
+        for tier, is_open in ev.circuit_open.items():
+            m.circuit_open.labels(name, tier).set(1 if is_open else 0)
+        for endpoint, n in ev.escalated_items.items():
+            m.escalated_items.labels(name, endpoint).inc(n)
+        if ev.cost_ratio is not None:  # one series: the ratio in use, labelled by its source
+            m.cost_ratio.clear()
+            m.cost_ratio.labels(name, ev.cost_ratio[1]).set(ev.cost_ratio[0])
         self._shadow(ev.shadow)
         return self.state()
 
@@ -186,10 +240,28 @@ class Stats:
         return self.port
 
 
+def stats_name(model: str) -> str:
+    return f"tierserve-stats-{model}"
+
+
 def stats_actor(model: str, gate: float, window: int, hysteresis: float):
     """The model's stats actor, created on first use and shared by every router replica."""
     import ray
 
     cls = ray.remote(num_cpus=0, max_restarts=-1)(Stats)
-    return cls.options(name=f"tierserve-stats-{model}", namespace="tierserve", get_if_exists=True,
+    return cls.options(name=stats_name(model), namespace="tierserve", get_if_exists=True,
                        lifetime="detached").remote(model, gate, window, hysteresis)
+
+
+def charge_abandoned(model: str, tier: str, cost, compute_s: float, tokens: int) -> None:
+    """Charge the replica time a tier's cancelled calls used (no counterfactual: the request was
+    answered, and priced, by the other tier; the router counts the cancellations). Best effort."""
+    import ray
+
+    if cost is None:
+        return
+    ev = Events(cost={tier: cost.tier_cost(tier, compute_s, tokens)})
+    try:
+        ray.get_actor(stats_name(model), namespace="tierserve").push.remote(ev)
+    except Exception as err:  # noqa: BLE001 - metrics must never break serving
+        log.warning("could not charge %s's cancelled work: %s", tier, err)

@@ -7,8 +7,15 @@ Order of decisions in `choose_tier` (first match wins):
 3. shadow fallback active (live agreement fell below the gate) -> full, reason `shadow_fallback`
 4. the policy: `split` sends a weighted share to pruned (reason `split`); `cascade` asks pruned
    first and escalates to full when its confidence is below the calibrated threshold (reasons
-   `cascade_confident` / `cascade_escalated`). `/v1/embed` has no confidence signal, so under
-   cascade it is split by `prunedWeight`.
+   `cascade_confident` / `cascade_escalated`). An escalated rerank sends full only pruned's best
+   `escalateTopM` documents, an escalated classify only its unconfident items (`escalation.py`).
+
+`/v1/embed` never mixes vector spaces by chance: it has no confidence signal, so it goes to ONE
+tier, `embedTier` (reason `embed_tier`), whatever the policy and the shadow switch. `X-Tier`
+pins a tier explicitly (per index/collection), and a tenant listed for full goes to full. Only when
+the report's cross-tier gate passed (`embed_split`) may embed split by `prunedWeight`; then an
+`X-Tier-Key` (e.g. the collection name) is hashed so each key always lands on the same tier
+(reason `sticky`); requests without a key are split per request (reason `split`).
 
 A pruned error or timeout is served by full with reason `fallback` (the router does that part).
 `ShadowMonitor` turns sampled pruned-vs-full comparisons into the automatic shift to full.
@@ -21,15 +28,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tierserve.pruning.calibration import confidence
+from tierserve.pruning.cascade import confidence
+
+from .escalation import embed_split_allowed, sticky_draw
 
 __all__ = [
-    "Decision", "PolicyConfig", "RequestInfo", "Rules", "ShadowMonitor", "choose_tier",
+    "FULL", "PRUNED", "REASONS", "Decision", "PolicyConfig", "RequestInfo", "Rules",
+    "ShadowMonitor", "choose_tier",
     "escalate", "outputs_agree", "request_confidence", "wilson_upper", "would_serve_pruned",
 ]
 
 FULL, PRUNED = "full", "pruned"
-REASONS = ("split", "cascade_confident", "cascade_escalated", "rule", "fallback", "shadow_fallback")
+REASONS = ("split", "cascade_confident", "cascade_escalated", "rule", "fallback", "shadow_fallback",
+           "embed_tier", "sticky")
 
 
 @dataclass(frozen=True)
@@ -49,10 +60,15 @@ class PolicyConfig:
     shadow_fraction: float
     rules: Rules = Rules()
     choices: tuple[str, ...] = ()  # generate: the task's answers (report.calibration.choices)
+    escalate_top_m: int | None = None  # rerank: full re-scores pruned's best m (None: all)
+    embed_tier: str = FULL  # /v1/embed's one tier unless embed_split
+    embed_split: bool = False  # the cross-tier gate passed: embed may split (sticky per key)
 
     @classmethod
-    def from_spec(cls, serving, calibration: dict | None) -> PolicyConfig:
-        """From `spec.serving` and the report's `calibration` block (threshold, confidence)."""
+    def from_spec(cls, serving, calibration: dict | None,
+                  gates: list[dict] | None = None) -> PolicyConfig:
+        """From `spec.serving`, the report's `calibration` block (threshold, confidence,
+        escalate_top_m) and its `gates` (whether embed may split)."""
         cal = calibration or {}
         threshold = serving.cascade_threshold
         if threshold is None:
@@ -63,9 +79,11 @@ class PolicyConfig:
         r = serving.rules
         rules = Rules(r.tier_header, frozenset(r.full_tenants), frozenset(r.full_priorities),
                       r.max_pruned_tokens)
+        top_m = serving.escalate_top_m or cal.get("escalate_top_m")
         return cls(serving.policy, serving.pruned_weight, float(threshold or 0.0),
                    cal.get("confidence", "topk_gap"), serving.shadow_fraction, rules,
-                   tuple(cal.get("choices") or ()))
+                   tuple(cal.get("choices") or ()), int(top_m) if top_m else None,
+                   serving.embed_tier, embed_split_allowed(gates))
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,7 @@ class RequestInfo:
     tenant: str | None = None  # X-Tenant
     priority: str | None = None  # X-Priority
     tokens: int | None = None  # longest input, in tokens (only counted when a length rule is set)
+    tier_key: str | None = None  # X-Tier-Key: embed's sticky key (e.g. the collection)
 
 
 @dataclass(frozen=True)
@@ -105,17 +124,35 @@ def choose_tier(req: RequestInfo, cfg: PolicyConfig, shadow_fallback: bool = Fal
     answers are checked against full; while tripped, pruned is asked what it would have said).
     Requests forced by a rule are not sampled: they say nothing about the policy's traffic.
     """
-    shadow = req.shadow_draw < cfg.shadow_fraction and req.endpoint != "embed"
+    if req.endpoint == "embed":
+        return _embed_tier(req, cfg)
+    shadow = req.shadow_draw < cfg.shadow_fraction
     if _forced_full(req, cfg.rules):
         return Decision(FULL, "rule")
     if cfg.rules.tier_header and (req.tier_header or "").lower() == PRUNED:
         return Decision(PRUNED, "rule")
     if shadow_fallback:
         return Decision(FULL, "shadow_fallback", shadow=shadow)
-    if cfg.policy == "cascade" and req.endpoint != "embed":
+    if cfg.policy == "cascade":
         return Decision(PRUNED, "cascade_confident", cascade=True, shadow=shadow)
     tier = PRUNED if req.draw < cfg.pruned_weight else FULL
     return Decision(tier, "split", shadow=shadow)
+
+
+def _embed_tier(req: RequestInfo, cfg: PolicyConfig) -> Decision:
+    """One tier per index: an explicit pin, else the spec's tier; sticky split only when the
+    cross-tier gate passed. Length and priority rules and the shadow switch do not move embed
+    (they would put one collection's vectors in two spaces); a full-tenant goes to full."""
+    pin = (req.tier_header or "").lower() if cfg.rules.tier_header else ""
+    if pin in (FULL, PRUNED):
+        return Decision(pin, "rule")
+    if req.tenant is not None and req.tenant in cfg.rules.full_tenants:
+        return Decision(FULL, "rule")
+    if not cfg.embed_split:
+        return Decision(cfg.embed_tier, "embed_tier")
+    if req.tier_key:
+        return Decision(PRUNED if sticky_draw(req.tier_key) < cfg.pruned_weight else FULL, "sticky")
+    return Decision(PRUNED if req.draw < cfg.pruned_weight else FULL, "split")
 
 
 def would_serve_pruned(req: RequestInfo, cfg: PolicyConfig, conf: float | None) -> bool:

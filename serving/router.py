@@ -1,9 +1,11 @@
 """The router ingress: a thin Serve deployment around the pure policy (`policy.py`).
 
-Per request: decide (`choose_tier`) -> ask the tier -> cascade: escalate on low confidence ->
-on a pruned error or timeout, ask full (`fallback`) -> answer, naming the tier and the reason ->
-record metrics and cost in a local buffer that a background task pushes to the stats actor.
-Shadow comparisons run as background tasks, never on the response path.
+Per request: admit (size vs time budget, 413) -> decide (`choose_tier`) -> ask the tier, within
+a timeout that scales with the request (cancelled when it expires) -> cascade: escalate on low
+confidence -> on a pruned error, timeout or open circuit, ask full (`fallback`) -> answer, naming
+the tier and the reason, once the metrics are in the stats actor. Admission, bounded full calls,
+circuits and the metrics commit live in `guard.py` (a mixin). Shadow comparisons run as
+background tasks (at most SHADOW_MAX_INFLIGHT at once), never on the response path.
 
 `/v1/generate` (decoder LMs) routes the same way; its cascade confidence is the pruned answer's
 mean token log-probability. A streamed request is decided before its first byte: under cascade
@@ -20,13 +22,14 @@ import contextlib
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from fastapi import HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 
 from tierserve.pruning.spec import parse_spec
 
@@ -39,9 +42,20 @@ from .api import (
     RerankResponse,
     api,
 )
-from .cost import CostModel, reply_tokens, request_cost
+from .breaker import MISSES_TO_OPEN, Circuit
+from .capacity import TimeBudget
+from .cost import CostModel, LiveRatio, reply_tokens, request_cost
+from .escalation import (
+    escalated_items,
+    item_subrequest,
+    merge_items,
+    merge_rerank,
+    rerank_subrequest,
+)
 from .generate import GenerateRequest, GenerateResponse, answer_fields, sse
+from .guard import Guard, Unavailable, _await, _brief
 from .metrics import FLUSH_S, Events, stats_actor
+from .openai_api import OpenAIRoutes
 from .policy import (
     FULL,
     PRUNED,
@@ -55,24 +69,20 @@ from .policy import (
     would_serve_pruned,
 )
 
-__all__ = ["Router"]
+__all__ = ["Router", "Unavailable"]
 
 log = logging.getLogger("tierserve.serving")
 HEALTH_EVERY = 8  # flushes between tier health checks
 SHADOW_TIMEOUT_S = 120.0  # a shadow call may queue behind real traffic; it only bounds the wait
+SHADOW_MAX_INFLIGHT = 8  # more would fill the other tier's bounded queue and 503 real requests
 _OPS = {"embedding": {"embed", "rerank"}, "rerank": {"rerank"},
         "sequence-classification": {"classify"}, "image-classification": set(),
         "text-generation": {"generate"}}
 
 
-async def _await(response):
-    return await response
-
-
-def _brief(err: BaseException) -> str:
-    """One line naming an error (Ray errors span many lines; a timeout has no message)."""
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[-1][:200]}" if lines else type(err).__name__
+def _inputs(reply: dict) -> dict:
+    """What the reply says about the request's inputs: were texts cut, how many tokens ran."""
+    return {"truncated": bool(reply.get("truncated")), "input_tokens": reply.get("input_tokens")}
 
 
 def _tokenizer(spec):
@@ -100,20 +110,31 @@ class Flight:
     compute: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
     waited: list[float] = field(default_factory=list)  # seconds awaiting tiers
+    size: int = 0  # estimated input tokens: scales the timeouts (capacity.TimeBudget)
+    partial: bool = False  # full answered only part of it (top-m documents / unconfident items)
     t0: float = field(default_factory=time.perf_counter)
 
 
 @serve.deployment(name="router", ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
-class Router:
+class Router(Guard, OpenAIRoutes):  # + guards (guard.py), OpenAI routes (openai_api.py)
     def __init__(self, full, pruned, config: dict) -> None:
         spec = parse_spec(config["spec"])
         s = spec.serving
         self.name, self.task = config["name"], spec.model.task.value
         self.tiers = {FULL: full, PRUNED: pruned}
-        self.cfg = PolicyConfig.from_spec(s, config.get("calibration"))
+        self.cfg = PolicyConfig.from_spec(s, config.get("calibration"), config.get("gates"))
         self.timeout_s, self.max_items = s.pruned_timeout_s, s.max_items
-        self.costs = CostModel.from_spec(spec.cost, config.get("latency_ratio"))
+        self.budget = TimeBudget(s.pruned_timeout_s, s.full_timeout_s, s.timeout_s_per_k_tokens,
+                                 s.max_timeout_s)
+        self.max_length, self.retry_after_s = spec.model.max_length, s.router.retry_after_s
+        self.probe_s, self.commit_metrics = s.circuit_probe_s, s.router.commit_metrics
+        self.shadowing = 0  # shadow calls in flight (at most SHADOW_MAX_INFLIGHT)
+        self.circuits = {FULL: Circuit(), PRUNED: Circuit()}
+        self.opened = {FULL: asyncio.Event(), PRUNED: asyncio.Event()}  # set while open
+        self.costs = CostModel.from_config(spec.cost, config)
+        ideal = ((config.get("calibration") or {}).get("cost_ratio") or {}).get("ideal")
+        self.live_ratio = LiveRatio(lo=ideal or 1e-3)  # refreshed from both tiers' replies
         api.state.max_request_bytes = s.max_request_bytes
         self.tokenizer = _tokenizer(spec) if s.rules.max_pruned_tokens else None
         self.gate = s.target_agreement
@@ -131,16 +152,17 @@ class Router:
     async def embed(self, body: EmbedRequest, request: Request) -> dict:
         self._check("embed", len(body.texts), "texts")
         reply, tier, reason, conf = await self._route("embed", body.texts, request)
-        return {**self._routed(tier, reason, conf), "embeddings": reply["outputs"]}
+        return {**self._routed(tier, reason, conf), **_inputs(reply),
+                "embeddings": np.asarray(reply["outputs"]).tolist()}
 
     @api.post("/v1/rerank", response_model=RerankResponse)
     async def rerank(self, body: RerankRequest, request: Request) -> dict:
         self._check("rerank", len(body.documents), "documents")
         reply, tier, reason, conf = await self._route("rerank", [body.query, *body.documents],
                                                       request)
-        scores = reply["outputs"]
-        ranking = [int(i) for i in np.argsort(-np.asarray(scores), kind="stable")]
-        return {**self._routed(tier, reason, conf), "scores": scores,
+        scores = np.asarray(reply["outputs"])
+        ranking = [int(i) for i in np.argsort(-scores, kind="stable")]
+        return {**self._routed(tier, reason, conf), **_inputs(reply), "scores": scores.tolist(),
                 "ranking": ranking[:body.top_n] if body.top_n else ranking}
 
     @api.post("/v1/classify", response_model=ClassifyResponse)
@@ -151,7 +173,8 @@ class Router:
         probs = np.exp(logits - logits.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
         names = reply.get("labels") or [str(i) for i in range(logits.shape[1])]
-        return {**self._routed(tier, reason, conf), "probabilities": probs.tolist(),
+        return {**self._routed(tier, reason, conf), **_inputs(reply),
+                "probabilities": probs.tolist(),
                 "labels": [names[int(i)] for i in logits.argmax(1)]}
 
     @api.post("/v1/generate", response_model=GenerateResponse)
@@ -168,7 +191,9 @@ class Router:
         self._start()
         return {"status": "ok" if any(self.up.values()) else "down", "model": self.name,
                 "policy": self.cfg.policy, "threshold": self.cfg.threshold,
-                "confidence": self.cfg.confidence, "tiers": self.up, **self.shared}
+                "confidence": self.cfg.confidence, "tiers": self.up,
+                "circuits": {t: c.reason or "closed" for t, c in self.circuits.items()},
+                **self.shared}
 
     @api.get("/metrics")
     async def metrics(self) -> Response:
@@ -193,11 +218,19 @@ class Router:
         if self.tokenizer is not None:
             tokens = max(len(ids) for ids in self.tokenizer(texts)["input_ids"])
         return RequestInfo(op, random.random(), random.random(), h.get("x-tier"),
-                           h.get("x-tenant"), h.get("x-priority"), tokens)
+                           h.get("x-tenant"), h.get("x-priority"), tokens,
+                           tier_key=h.get("x-tier-key"))
 
     async def _ask(self, tier: str, req: dict, timeout: float | None = None) -> dict:
         call = self.tiers[tier].infer.remote(req)
-        return await (asyncio.wait_for(_await(call), timeout) if timeout else call)
+        if not timeout:
+            return await call
+        try:
+            return await asyncio.wait_for(_await(call), timeout)
+        except TimeoutError:
+            call.cancel()  # the tier drops the rest of this work (tier.py); it ran once
+            self.events.add("cancelled", tier)
+            raise
 
     async def _timed_ask(self, tier: str, req: dict, waited: list[float],
                          timeout: float | None = None) -> dict:
@@ -219,40 +252,97 @@ class Router:
         info = self._info(op, texts, request)
         d = choose_tier(info, self.cfg, self.shared["shadow_fallback_active"])
         f = Flight(info, d, {"op": op, "texts": texts, **(extra or {})}, d.tier, d.reason)
-        if f.tier == PRUNED and (d.cascade or not stream):
+        f.size = self._admit(texts)
+        if f.tier == PRUNED and self.circuits[PRUNED].is_open:  # known dead: no wait at all
+            self.events.fallbacks += 1
+            f.tier, f.reason = FULL, "fallback"
+        elif f.tier == PRUNED and (d.cascade or not stream):
             try:
-                f.reply = await self._timed_ask(PRUNED, f.req, f.waited, self.timeout_s)
+                f.reply = await self._timed_ask(PRUNED, f.req, f.waited,
+                                                self.budget.pruned(f.size))
+                self._answered(PRUNED)
                 self._account(f, PRUNED, f.reply)
             except Exception as err:  # noqa: BLE001 - any pruned failure is served by full
                 log.warning("pruned tier failed (%s); serving from full", _brief(err))
+                self._failed(PRUNED, err)
                 self.events.fallbacks += 1
                 f.tier, f.reason = FULL, "fallback"
             if f.reply is not None and d.cascade:
                 f.conf = self._confidence(op, f.reply)
                 if escalate(f.conf, self.cfg.threshold):
                     self.events.escalations += 1
-                    f.tier, f.reason, f.reply = FULL, "cascade_escalated", None
+                    f.tier, f.reason = FULL, "cascade_escalated"
+                    f.reply = await self._escalate_part(op, f)
         return f
+
+    async def _escalate_part(self, op: str, f: "Flight") -> dict | None:
+        """Partial escalation (`escalation.py`): rerank -> full re-scores pruned's best m
+        documents; classify -> full answers only the unconfident items. The merged reply, or
+        None when full must redo the whole request."""
+        pruned, texts = f.reply, f.req["texts"]
+        if op == "rerank":
+            m = self.cfg.escalate_top_m
+            if not m or m >= len(texts) - 1:
+                self.events.add("escalated_items", op, len(texts) - 1)  # full scores them all
+                return None
+            sub, _ = rerank_subrequest(texts, pruned["outputs"], m)
+
+            def merge(out):
+                return merge_rerank(pruned["outputs"], out)
+        elif op == "classify":
+            items = escalated_items(self.cfg.confidence, pruned["outputs"], self.cfg.threshold)
+            if len(items) >= len(texts):
+                self.events.add("escalated_items", op, len(texts))
+                return None
+            sub = item_subrequest(texts, items)
+
+            def merge(out):
+                return merge_items(pruned["outputs"], out, items)
+        else:
+            return None
+        whole, f.req = f.req, {**f.req, "texts": sub}
+        try:
+            reply = await self._full(f)
+        finally:
+            f.req = whole
+        f.partial, n = True, len(sub) - (op == "rerank")  # rerank: the query is not an item
+        self.events.add("escalated_items", op, n)
+        return {**pruned, "outputs": merge(reply["outputs"]), "escalated": n}
 
     def _account(self, f: "Flight", tier: str, reply: dict) -> None:
         """A tier's reply: its replica time and tokens go to this request's cost and metrics."""
         f.compute[tier] = f.compute.get(tier, 0.0) + reply["compute_s"]
         f.tokens[tier] = f.tokens.get(tier, 0) + reply_tokens(reply)
         self.events.count_tokens(tier, reply)
+        self._observe_ratio(tier, reply)
+        if reply.get("truncated"):
+            self.events.add("truncated", tier, int(reply["truncated"]))
 
     def _finish(self, f: "Flight") -> None:
+        """Count an answered request (then `_commit` it, or `_push_now` for a stream)."""
         self.events.request(f.tier, f.reason, time.perf_counter() - f.t0)
-        cost = request_cost(self.costs, f.compute, f.tokens)
+        cost = request_cost(self.costs, f.compute, f.tokens, full_complete=not f.partial)
         self.events.spend(cost.by_tier, cost.counterfactual)
+
+    def _observe_ratio(self, tier: str, reply: dict) -> None:
+        """Refresh the cost ratio from both tiers' measured replica time per token."""
+        self.live_ratio.observe(tier, float(reply.get("compute_s", 0.0)), reply_tokens(reply))
+        live = self.live_ratio.ratio()
+        if live is not None:
+            self.costs = replace(self.costs, latency_ratio=live[0], ratio_source=live[1])
+        self.events.cost_ratio = (self.costs.latency_ratio, self.costs.ratio_source)
 
     async def _route(self, op: str, texts: list[str], request: Request,
                      extra: dict | None = None):
         self._start()
         f = await self._first(op, texts, request, extra)
         if f.reply is None:
-            f.reply = await self._timed_ask(FULL, f.req, f.waited)
-            self._account(f, FULL, f.reply)
+            f.reply = await self._full(f)
         self._finish(f)
+        if self.commit_metrics:
+            await self._commit()  # in the stats actor before the reply leaves (guard.py)
+        else:
+            self._push_now()
         request.state.router_ms = 1000 * (time.perf_counter() - f.t0 - sum(f.waited))
         if f.decision.shadow:
             self._shadow(f.info, op, f.req, f.tier, f.reason, f.reply)
@@ -264,18 +354,19 @@ class Router:
         f = await self._first("generate", texts, request, extra, stream=True)
         if f.reply is not None:  # cascade, confident: pruned's judged answer, as one piece
             self._finish(f)
+            self._push_now()
             events = self._judged(f)
         else:
             first, pieces = None, None
             if f.tier == PRUNED:
                 try:
-                    first, pieces = await self._open(PRUNED, f.req, self.timeout_s)
+                    first, pieces = await self._open(PRUNED, f.req, self.budget.pruned(f.size))
                 except Exception as err:  # noqa: BLE001 - no byte sent yet: full answers
                     log.warning("pruned tier failed (%s); streaming from full", _brief(err))
                     self.events.fallbacks += 1
                     f.tier, f.reason = FULL, "fallback"
             if pieces is None:
-                first, pieces = await self._open(FULL, f.req, None)
+                first, pieces = await self._open(FULL, f.req, self.budget.full(f.size))
             events = self._live(f, first, pieces)
         headers = {"x-tierserve-tier": f.tier, "x-tierserve-reason": f.reason}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
@@ -308,6 +399,7 @@ class Router:
             return
         self._account(f, f.tier, item)
         self._finish(f)
+        self._push_now()
         yield sse(self._done(f, item))
 
     def _done(self, f: "Flight", reply: dict) -> dict:
@@ -319,6 +411,9 @@ class Router:
         if tier == FULL and reason != "shadow_fallback":
             self.events.shadow.append(True)  # full served it: the served answer agrees
             return
+        if self.shadowing >= SHADOW_MAX_INFLIGHT:  # the other tier is behind: skip this sample
+            return
+        self.shadowing += 1
         task = asyncio.get_running_loop().create_task(self._compare(info, op, req, tier, reply))
         self.background.add(task)
         task.add_done_callback(self.background.discard)
@@ -331,9 +426,12 @@ class Router:
         except Exception as err:  # noqa: BLE001 - a failed shadow call is only logged
             log.warning("shadow call to %s failed: %s", other, _brief(err))
             return
+        finally:
+            self.shadowing -= 1
         self.events.spend({other: self.costs.tier_cost(other, theirs["compute_s"],
                                                        reply_tokens(theirs))}, 0.0)
         self.events.count_tokens(other, theirs)
+        self._observe_ratio(other, theirs)
         pruned, full = (reply, theirs) if tier == PRUNED else (theirs, reply)
         if tier == FULL:  # tripped: would the policy have let pruned answer?
             conf = self._confidence(op, pruned)
@@ -372,11 +470,19 @@ class Router:
 
     async def _health(self) -> None:
         for tier, handle in self.tiers.items():
+            if self.circuits[tier].is_open:
+                continue  # its probe is pinging it already
             try:
                 await asyncio.wait_for(_await(handle.ping.remote()), 2.0)
                 self.up[tier] = True
-            except Exception:  # noqa: BLE001 - down is down, whatever the error
+                self.circuits[tier].answered()
+            except (TimeoutError, BackPressureError):  # busy, or gone: silence, twice, opens
                 self.up[tier] = False
+                if self.circuits[tier].missed() >= MISSES_TO_OPEN:
+                    self._trip(tier, f"no answer to {MISSES_TO_OPEN} health checks")
+            except Exception as err:  # noqa: BLE001 - it answered with an error, or died
+                self.up[tier] = False
+                self._trip(tier, f"health check: {_brief(err)}")
         self.events.tier_up = dict(self.up)
 
     def __del__(self) -> None:

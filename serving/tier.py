@@ -2,10 +2,20 @@
 both through the pruning library's loaders, and both answer through one `@serve.batch` method.
 
 A request is {"op": "embed"|"rerank"|"classify", "texts": [...]} (rerank: the query first, then
-the documents; a cross-encoder gets (query, document) pairs). Requests of one batch share a
-single forward pass; each reply carries `compute_s`, the request's token share of that pass, so
-the router can price it, and `input_tokens`, the tokens it fed the model. Outputs: embed -> unit
+the documents; a cross-encoder gets (query, document) pairs). Requests of one batch share forward
+passes; each reply carries `compute_s`, the request's token share of the passes, so the router
+can price it, `input_tokens`, the tokens it fed the model, and `truncated`, how many of its texts
+were cut at maxLength. Outputs (numpy, cheap to pickle between deployments): embed -> unit
 embeddings (n, d); rerank -> scores (D,); classify -> logits (n, C) plus the label names.
+
+Work can be abandoned: a batch runs as micro-batches of at most `max_batch_size` texts (off the
+event loop when there is more than one), and a request whose call was cancelled (the router's
+`DeploymentResponse.cancel()` after its timeout) has its remaining texts dropped between
+micro-batches; the replica seconds it did use are charged to the tier's cost in the stats actor
+(`tierserve_cancelled_total` counts such calls). `work()` reports texts run and abandoned.
+
+A tier with `gpus > 0` places its model on CUDA and batches there (`pick_device`; decoder LMs
+stay on CPU for now).
 
 Decoder LMs (task text-generation) take {"op": "generate", "texts": [prompt],
 "max_new_tokens": n}: `infer` batches them into one greedy `generate` call per length, off the
@@ -16,8 +26,10 @@ a handle with `.options(stream=True)`). See generate.py for the reply fields.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,8 +38,11 @@ from ray import serve
 from tierserve.pruning.calibration import rerank_scores
 
 from .generate import generate_replies, stream_reply
+from .microbatch import Piece, plan_pieces, replies_from
 
-__all__ = ["Tier", "load_tier_model"]
+__all__ = ["Tier", "load_tier_model", "pick_device"]
+
+log = logging.getLogger("tierserve.serving")
 
 
 def load_tier_model(tier: str, model_uri: str, task: str, max_length: int):
@@ -42,25 +57,42 @@ def load_tier_model(tier: str, model_uri: str, task: str, max_length: int):
     return load_pruned(model_uri, task, max_length=max_length)
 
 
-def _pieces(req: dict, cross: bool) -> list:
-    texts = req["texts"]
-    if req["op"] == "rerank" and cross:
-        return [(texts[0], d) for d in texts[1:]]
-    return list(texts)
+def pick_device(gpus: float, cuda_available: bool, task: str = "embedding") -> str:
+    """Where a tier's model runs: CUDA when the spec gives the tier GPUs and one is visible.
+    Decoder LMs stay on CPU: their generation helpers (pruning/lm.py) build inputs on CPU."""
+    if gpus > 0 and not cuda_available:
+        log.warning("tier asks for %s GPU(s) but CUDA is not visible here: running on CPU", gpus)
+    if gpus > 0 and task == "text-generation":
+        log.warning("text-generation tiers run on CPU (pruning/lm.py has no device placement)")
+        return "cpu"
+    return "cuda" if gpus > 0 and cuda_available else "cpu"
+
+
+@dataclass
+class Job:
+    """One request inside the tier; `cancelled` is set when its caller gives up."""
+
+    req: dict
+    cancelled: bool = False
 
 
 @serve.deployment
 class Tier:
     def __init__(self, tier: str, model_uri: str, task: str, max_length: int = 128,
-                 max_batch_size: int = 16, threads: int = 1) -> None:
+                 max_batch_size: int = 16, threads: int = 1, gpus: float = 0.0,
+                 model: str | None = None, cost=None) -> None:
         torch.set_num_threads(max(1, threads))
-        self.tier = tier
+        self.tier, self.model_name, self.cost = tier, model, cost
         self.tm = load_tier_model(tier, model_uri, task, max_length)
+        self.device = pick_device(gpus, torch.cuda.is_available(), task)
+        self.tm.model.to(self.device)
         cfg = self.tm.model.config
         names = getattr(cfg, "id2label", None) or {}
         self.labels = [names[i] for i in sorted(names)] if names else []
-        self.infer.set_max_batch_size(max_batch_size)
-        self.broken = False  # set by `break_for` in tests of the router's fallback
+        self.chunk = max_batch_size  # texts per forward pass
+        self._batch.set_max_batch_size(max_batch_size)
+        self.broken = False  # set by `break_tier` in tests of the router's fallback
+        self.counts = {"texts_run": 0, "texts_abandoned": 0, "calls_cancelled": 0}
 
     def ping(self) -> str:
         if self.broken:
@@ -72,13 +104,27 @@ class Tier:
         self.broken = broken
         return broken
 
+    def work(self) -> dict:
+        """Texts run through the model and texts dropped because their call was cancelled."""
+        return {**self.counts, "device": self.device}
+
+    async def infer(self, req: dict) -> dict:
+        job = Job(req)
+        try:
+            return await self._batch(job)
+        except asyncio.CancelledError:
+            job.cancelled = True  # the running batch drops its remaining texts
+            self.counts["calls_cancelled"] += 1
+            raise
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def infer(self, reqs: list[dict]) -> list[dict]:
+    async def _batch(self, jobs: list[Job]) -> list[dict]:
         if self.broken:
             raise RuntimeError(f"{self.tier} tier is broken on purpose")
-        if reqs[0]["op"] == "generate":  # seconds of work: keep the replica's loop answering
-            return await asyncio.to_thread(generate_replies, self.tm, reqs, self.tier)
-        return self._forward(reqs)
+        if jobs[0].req["op"] == "generate":  # seconds of work: keep the replica's loop answering
+            return await asyncio.to_thread(generate_replies, self.tm, [j.req for j in jobs],
+                                           self.tier)
+        return await self._forward(jobs)
 
     async def stream(self, req: dict) -> AsyncIterator[dict]:
         """One generate request as it is decoded: {"text": piece}..., then the reply, "done"."""
@@ -89,29 +135,70 @@ class Tier:
         while (item := await asyncio.to_thread(next, pieces, end)) is not end:
             yield item
 
+    async def _forward(self, jobs: list[Job]) -> list[dict]:
+        """Micro-batches of at most `chunk` texts; a cancelled job's remaining texts are dropped
+        before each one. One micro-batch runs inline, more run off the loop (so a cancellation
+        can arrive between them)."""
+        pieces = plan_pieces([j.req for j in jobs], self.tm.cross_encoder)
+        chunks = [pieces[i:i + self.chunk] for i in range(0, len(pieces), self.chunk)]
+        for chunk in chunks:
+            live = [p for p in chunk if not jobs[p.job].cancelled]
+            self.counts["texts_abandoned"] += len(chunk) - len(live)
+            if not live:
+                continue
+            if len(chunks) == 1:
+                self._run(live)
+            else:
+                await asyncio.to_thread(self._run, live)
+        self._charge_cancelled(jobs, pieces)
+        return [self._reply(j, r) for j, r in zip(jobs, replies_from(pieces, len(jobs)),
+                                                  strict=True)]
+
+    def _reply(self, job: Job, r: dict) -> dict:
+        rows = r.pop("rows")
+        if rows is None:  # cancelled before all its texts ran: nobody awaits this answer
+            return {"tier": self.tier, **r, "outputs": None, "cancelled": True}
+        return {"tier": self.tier, **r, **self._shape(job.req["op"], rows)}
+
     @torch.inference_mode()
-    def _forward(self, reqs: list[dict]) -> list[dict]:
-        tm = self.tm
-        pieces = [_pieces(r, tm.cross_encoder) for r in reqs]
-        flat = [p for ps in pieces for p in ps]
+    def _run(self, pieces: list[Piece]) -> None:
+        """One forward pass over `pieces`, writing each piece's output row, tokens and seconds."""
         t0 = time.perf_counter()
-        batch = tm.batch(flat)
-        out = tm.outputs(batch).float().numpy()  # (N, d) embeddings or (N, C) logits
+        batch = self.tm.batch([p.text for p in pieces])
+        out = self.tm.outputs(batch).float().cpu().numpy()  # (N, d) embeddings or (N, C) logits
         seconds = time.perf_counter() - t0
-        tokens = batch["attention_mask"].sum(1).numpy().astype(float)  # (N,)
-        replies, i = [], 0
-        for r, ps in zip(reqs, pieces, strict=True):
-            rows, used = out[i:i + len(ps)], tokens[i:i + len(ps)].sum()
-            i += len(ps)
-            replies.append({"tier": self.tier, "compute_s": float(seconds * used / tokens.sum()),
-                            "input_tokens": int(used),
-                            **self._shape(r["op"], rows)})
-        return replies
+        tokens = batch["attention_mask"].sum(1).numpy()  # (N,)
+        for p, row, n in zip(pieces, out, tokens, strict=True):
+            p.row, p.tokens, p.seconds = row, int(n), seconds * float(n) / float(tokens.sum())
+            p.truncated = int(n) >= self.tm.max_length and self._cut(p.text)
+        self.counts["texts_run"] += len(pieces)
+
+    def _cut(self, text) -> bool:
+        """Was `text` cut at maxLength? (Asked only of texts that filled it: offsets tell.)"""
+        if isinstance(text, tuple):  # a (query, document) pair that filled maxLength
+            return True
+        enc = self.tm.processor(text, truncation=True, max_length=self.tm.max_length,
+                                return_offsets_mapping=True)
+        end = max((e for _, e in enc.get("offset_mapping") or [(0, len(text))]), default=0)
+        return end < len(text.rstrip())
+
+    def _charge_cancelled(self, jobs: list[Job], pieces: list[Piece]) -> None:
+        """The replica time cancelled jobs used still cost money: charge it in the stats actor."""
+        spent: dict[int, tuple[float, int]] = {}
+        for p in pieces:
+            if jobs[p.job].cancelled and p.row is not None:
+                s, n = spent.get(p.job, (0.0, 0))
+                spent[p.job] = (s + p.seconds, n + p.tokens)
+        if spent and self.model_name:
+            from .metrics import charge_abandoned
+
+            charge_abandoned(self.model_name, self.tier, self.cost,
+                             sum(s for s, _ in spent.values()), sum(n for _, n in spent.values()))
 
     def _shape(self, op: str, rows: np.ndarray) -> dict:
         if op == "embed":
-            return {"outputs": rows.tolist()}
+            return {"outputs": rows}
         if op == "rerank":
             scores = rows[:, 0] if self.tm.cross_encoder else rerank_scores(rows[0], rows[1:])
-            return {"outputs": np.asarray(scores).tolist()}
-        return {"outputs": rows.tolist(), "labels": self.labels}
+            return {"outputs": np.asarray(scores)}
+        return {"outputs": rows, "labels": self.labels}

@@ -1,6 +1,12 @@
 """Shared fixtures. The real components live in tests/fixtures/, loaded as plugins."""
 
 import os
+import sys
+from pathlib import Path
+
+# `.venv/bin/pytest` run without activating the venv (README command 2): the venv's own tools
+# (ruff, hadolint, ray, tierserve) are found on PATH as if it were activated.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 # Ray 2.60 turns on token auth for local clusters; the tests talk to their own loopback cluster.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -182,3 +182,55 @@ def manifest(name: str, spec: dict[str, Any], annotations: dict[str, str] | None
         meta["annotations"] = annotations
     return yaml.safe_dump({"apiVersion": "tierserve.io/v1alpha1", "kind": "PrunedModel",
                            "metadata": meta, "spec": spec})
+
+
+# -- the CRD's own schema, as a validator of what the operator writes ---------------------------
+def _to_jsonschema(node: Any) -> Any:
+    """Structural OpenAPI v3.0 (the CRD) -> JSON Schema draft 4: `nullable` becomes a null type;
+    objects with `properties` and no preserve-unknown-fields refuse unknown keys (the apiserver
+    would silently prune them)."""
+    if isinstance(node, list):
+        return [_to_jsonschema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _to_jsonschema(v) for k, v in node.items()
+           if k not in ("nullable", "x-kubernetes-preserve-unknown-fields")}
+    if "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    if node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+        if "enum" in out:
+            out["enum"] = [*out["enum"], None]
+    return out
+
+
+def status_validator():
+    """A jsonschema validator of `.status` from the checked-in CRD."""
+    import jsonschema
+
+    crd = yaml.safe_load(CRD.read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    return jsonschema.Draft4Validator(_to_jsonschema(schema))
+
+
+def status_errors(status: dict[str, Any]) -> list[str]:
+    """Why `status` (a merge patch: null = delete) breaks the CRD's schema; [] when it is valid.
+    Strict JSON too: a NaN or Infinity anywhere is an error."""
+    try:
+        json.dumps(status, allow_nan=False)
+    except ValueError as err:
+        return [f"not JSON: {err}"]
+    body = {k: v for k, v in status.items() if v is not None}
+    return [f"{'/'.join(map(str, e.path))}: {e.message}"
+            for e in status_validator().iter_errors(body)]
+
+
+def patch_log_errors(path: Path) -> list[str]:
+    """Every status patch the operator recorded (TIERSERVE_PATCH_LOG), checked against the CRD."""
+    if not path.exists():
+        return []
+    bad = []
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        bad += [f"{entry['name']}: {e}" for e in status_errors(entry["status"])]
+    return bad

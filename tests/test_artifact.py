@@ -161,7 +161,9 @@ def test_pvc_file_and_memory_uris(minilm_path, texts, tmp_path, monkeypatch):
 
 def test_storage_errors_name_the_uri_and_the_fix(tmp_path, monkeypatch):
     monkeypatch.delenv("TIERSERVE_HF_ROOT", raising=False)
-    with pytest.raises(StorageError, match="hf://org/model.*TIERSERVE_HF_ROOT"):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # hf:// goes to the Hub (tests/test_hf_uri.py)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(StorageError, match="hf://org/model: not in the Hugging Face cache"):
         resolve("hf://org/model")
     (tmp_path / "org" / "model").mkdir(parents=True)
     monkeypatch.setenv("TIERSERVE_HF_ROOT", str(tmp_path))

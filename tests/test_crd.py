@@ -74,6 +74,7 @@ def test_apiserver_accepts_crd_and_serves_printer_columns(control_plane, namespa
                           "crd/prunedmodels.tierserve.io")
     control_plane.kubectl("apply", "-n", namespace, "-f", str(repo_root / EXAMPLE))
     status = {"status": {"phase": "Serving", "budget": 0.3, "quality": 0.97,
+                         "serving": {"generation": 1, "key": "k", "budget": 0.3, "quality": 0.97},
                          "prunedShare": 0.8, "savingsUsd": 12.5, "observedGeneration": 1,
                          "conditions": [{"type": "Ready", "status": "True", "reason": "Serving",
                                          "message": "both tiers up",
@@ -89,9 +90,11 @@ def test_apiserver_accepts_crd_and_serves_printer_columns(control_plane, namespa
             "tierserve.io", "v1alpha1", namespace, "prunedmodels", "minilm-pass", status)
     table = control_plane.kubectl("get", "-n", namespace, "prunedmodels").stdout
     header, row = table.splitlines()[:2]
-    for column in ("PHASE", "BUDGET", "QUALITY", "PRUNED SHARE", "SAVINGS", "AGE"):
+    for column in ("PHASE", "SERVING", "BUDGET", "QUALITY", "CANDIDATE", "PRUNED SHARE",
+                   "SAVINGS", "AGE"):
         assert column in header
-    assert row.split()[:6] == ["minilm-pass", "Serving", "0.3", "0.97", "0.8", "12.5"]
+    # budget and quality are the SERVING version's; the candidate columns are empty here
+    assert row.split()[:7] == ["minilm-pass", "Serving", "1", "0.3", "0.97", "0.8", "12.5"]
     # The schema enforces the spec's constraints: the apiserver names the field it rejects.
     bad = yaml.safe_load((repo_root / EXAMPLE).read_text())
     bad["metadata"]["name"] = "bad-target"

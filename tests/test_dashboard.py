@@ -29,8 +29,9 @@ CONTRACT_3 = {
     "tierserve_escalations_total", "tierserve_fallbacks_total", "tierserve_shadow_requests_total",
     "tierserve_shadow_agreement", "tierserve_shadow_fallback_active", "tierserve_agreement_gate",
     "tierserve_cost_usd_total", "tierserve_counterfactual_cost_usd_total",
-    "tierserve_savings_usd_total", "tierserve_pruned_share", "tierserve_tier_up",
-    "tierserve_tokens_total",
+    "tierserve_savings_usd", "tierserve_pruned_share", "tierserve_tier_up",
+    "tierserve_tokens_total", "tierserve_rejected_total", "tierserve_cancelled_total",
+    "tierserve_truncated_total", "tierserve_circuit_open",
 }
 
 

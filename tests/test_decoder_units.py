@@ -16,9 +16,8 @@ from tierserve.pruning.adapters import adapter_for
 from tierserve.pruning.adapters.llama import kv_groups
 from tierserve.pruning.cost import ModelShape, encoder_flops, encoder_params, whole_params
 from tierserve.pruning.gates import Measured, check_gates
-from tierserve.pruning.gqa import plan_gqa
 from tierserve.pruning.importance import magnitude
-from tierserve.pruning.plan import plan, plan_report
+from tierserve.pruning.plan import plan, plan_gqa, plan_report
 from tierserve.pruning.spec import GatesSpec, SpecError, parse_spec
 from tierserve.pruning.structure import Budget, Scores
 from tierserve.pruning.surgery import apply_structure

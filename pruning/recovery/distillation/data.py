@@ -1,0 +1,138 @@
+"""Distillation data: label-free texts from the calibration split (+ an optional raw-text file),
+tokenised once, with the teacher's targets computed ONCE and cached.
+
+Texts by task: retrieval: queries and corpus; similarity pairs: both texts; classification: the
+texts (or images); decoder LMs: the texts plus each prompt followed by the teacher's own greedy
+continuation. `spec.data.distillation` adds raw texts (JSONL/Parquet, a `text` field), e.g.
+sampled production requests.
+
+A deterministic slice (every `VAL_EVERY`-th text of each kind, at most `VAL_MAX`) is held back
+for the validation agreement that early stopping and the best checkpoint use. It comes from the
+calibration texts only: the evaluation split the gates judge is never seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from tierserve.pruning.tasks import TaskModel
+
+from .objectives import Objective, TeacherOut, teacher_forward
+
+__all__ = ["VAL_EVERY", "VAL_MAX", "DistillData", "DistillTexts", "build_data", "distill_texts",
+           "greedy_continuations", "read_texts"]
+
+VAL_EVERY = 10  # every 10th text of each kind is held back for validation
+VAL_MAX = 256  # at most this many validation texts of each kind
+GEN_TOKENS = 32  # decoders: greedy continuation length per prompt
+
+
+@dataclass(frozen=True)
+class DistillTexts:
+    """Training examples and the held-back validation slice. For retrieval, validation agreement
+    is query -> document top-1 (`val_queries` first, then documents); otherwise nearest neighbour
+    (embeddings) or argmax (logits, tokens) over `val_docs`."""
+
+    train: tuple
+    val_queries: tuple
+    val_docs: tuple
+
+
+@dataclass(frozen=True)
+class DistillData:
+    """Tokenised batches and the teacher's cached targets, ready for the loop (picklable)."""
+
+    objective: Objective
+    train: tuple[dict, ...]
+    teacher: tuple[TeacherOut, ...]
+    val_queries: tuple[dict, ...]
+    val_docs: tuple[dict, ...]
+    teacher_val_queries: tuple[TeacherOut, ...]
+    teacher_val_docs: tuple[TeacherOut, ...]
+    texts: int  # training examples
+    val_texts: int
+
+
+def read_texts(path, text_field: str = "text") -> list[str]:
+    """Raw texts from a JSONL/Parquet file's `text_field` (non-empty strings only)."""
+    from tierserve.pruning.data import DataError, read_records
+
+    texts = [r[text_field] for r in read_records(path)
+             if isinstance(r.get(text_field), str) and r[text_field].strip()]
+    if not texts:
+        raise DataError(f"spec.data.distillation: {path} has no non-empty `{text_field}` texts")
+    return texts
+
+
+def _split(items: Sequence) -> tuple[list, list]:
+    held = set(range(VAL_EVERY - 1, len(items), VAL_EVERY)[:VAL_MAX])
+    return ([x for i, x in enumerate(items) if i not in held],
+            [x for i, x in enumerate(items) if i in held])
+
+
+def distill_texts(calibration, extra: Sequence[str] = (),
+                  continuations: Callable[[list[str]], list[str]] | None = None) -> DistillTexts:
+    """The calibration dataset's texts by task (module doc), plus `extra` raw texts."""
+    from tierserve.pruning.data import RetrievalData
+    from tierserve.pruning.lm import LMData
+    from tierserve.pruning.pairs import SimilarityData
+
+    if isinstance(calibration, RetrievalData):
+        q_train, q_val = _split(calibration.queries)
+        d_train, d_val = _split(list(calibration.corpus) + list(extra))
+        return DistillTexts(tuple(q_train + d_train), tuple(q_val), tuple(d_val))
+    if isinstance(calibration, SimilarityData):
+        texts = list(calibration.texts) + list(calibration.pairs)
+    elif isinstance(calibration, LMData):
+        prompts = list(calibration.prompts)
+        texts = list(calibration.texts) + (continuations(prompts) if continuations and prompts
+                                           else prompts)
+    else:
+        texts = list(calibration.texts)
+    train, val = _split(texts + list(extra))
+    return DistillTexts(tuple(train), (), tuple(val))
+
+
+@torch.no_grad()
+def greedy_continuations(teacher: TaskModel, prompts: list[str], tokens: int = GEN_TOKENS,
+                         batch_size: int = 8) -> list[str]:
+    """Each prompt followed by the teacher's own greedy continuation (decoders)."""
+    tok, out = teacher.processor, []
+    side = tok.padding_side
+    tok.padding_side = "left"  # generation continues from the last real token
+    try:
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i:i + batch_size]
+            enc = tok(chunk, return_tensors="pt", padding=True, truncation=True,
+                      max_length=teacher.max_length)
+            dev = next(teacher.model.parameters()).device
+            gen = teacher.model.generate(**{k: v.to(dev) for k, v in enc.items()},
+                                         max_new_tokens=tokens, do_sample=False,
+                                         pad_token_id=tok.pad_token_id)
+            new = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out += [p + n for p, n in zip(chunk, new, strict=True)]
+    finally:
+        tok.padding_side = side
+    return out
+
+
+def _batches(tm: TaskModel, items: Sequence, size: int) -> tuple[dict, ...]:
+    return tuple(tm.batch(list(items[i:i + size])) for i in range(0, len(items), size))
+
+
+def build_data(teacher: TaskModel, texts: DistillTexts, objective: Objective, batch_size: int,
+               *, seed: int = 0, layers: tuple[int, ...] | None = None) -> DistillData:
+    """Shuffle the training texts once (seeded), tokenise, and cache the teacher's targets."""
+    order = torch.randperm(len(texts.train), generator=torch.Generator().manual_seed(seed))
+    train = _batches(teacher, [texts.train[i] for i in order.tolist()], batch_size)
+    vq, vd = _batches(teacher, texts.val_queries, 64), _batches(teacher, texts.val_docs, 64)
+
+    def run(bs: tuple[dict, ...], hidden: bool) -> tuple[TeacherOut, ...]:
+        return tuple(teacher_forward(teacher, b, objective, layers if hidden else None)
+                     for b in bs)
+    return DistillData(objective, train, run(train, True), vq, vd, run(vq, False),
+                       run(vd, False), len(texts.train),
+                       len(texts.val_queries) + len(texts.val_docs))

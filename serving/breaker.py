@@ -1,0 +1,62 @@
+"""Per-tier circuit breakers for the router, pure (no Serve imports).
+
+A tier's circuit opens on the first sign that its replica is gone: an actor-death error from a
+call (`ray.exceptions.ActorDiedError` / `ActorUnavailableError`, any `RayActorError`), a health
+check answered with an error, or `MISSES_TO_OPEN` health checks in a row with no answer (a slow
+ping or a full queue: Serve re-queues the calls of a replica that died, so a death can show only
+as silence). While it is open the router sends the tier nothing: pruned-bound requests go
+straight to full (reason `fallback`), full-bound requests get 503 + Retry-After at once, and
+full calls still waiting are answered 503 at once. A
+background probe pings the tier every `circuitProbeS` (the half-open state: the probe is the only
+traffic it gets); the first successful ping closes the circuit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["MISSES_TO_OPEN", "Circuit", "is_death"]
+
+MISSES_TO_OPEN = 2  # unanswered health checks in a row (one is ~2 s) that open a circuit
+
+
+def is_death(err: BaseException) -> bool:
+    """An error that says the replica (actor) is dead or unreachable, not that one call failed."""
+    from ray.exceptions import RayActorError
+
+    return isinstance(err, RayActorError)
+
+
+@dataclass
+class Circuit:
+    opened_at: float | None = None  # monotonic seconds; None: closed
+    reason: str = ""
+    trips: int = 0
+    misses: int = 0  # health checks in a row that got no answer
+
+    def missed(self) -> int:
+        self.misses += 1
+        return self.misses
+
+    def answered(self) -> None:
+        self.misses = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened_at is not None
+
+    def trip(self, now: float, reason: str) -> bool:
+        """Open (or keep open). True when this call opened it."""
+        if self.opened_at is not None:
+            return False
+        self.opened_at, self.reason, self.trips = now, reason, self.trips + 1
+        return True
+
+    def close(self) -> bool:
+        """Close after a successful probe. True when it was open."""
+        was = self.opened_at is not None
+        self.opened_at, self.reason, self.misses = None, "", 0
+        return was
+
+    def open_for(self, now: float) -> float:
+        return 0.0 if self.opened_at is None else now - self.opened_at
