@@ -190,7 +190,7 @@ def test_perplexity_gate_is_lower_is_better():
 def test_spec_rejects_min_for_perplexity():
     doc = {"model": {"uri": "x", "task": "text-generation"},
            "data": {"calibration": {"uri": "d"}, "evaluation": {"uri": "d"}},
-           "gates": {"quality": [{"metric": "perplexity", "min": 10}]}}
+           "gates": {"quality": [{"metric": "perplexity", "min": 0.5}]}}
     with pytest.raises(SpecError, match="use `max`"):
         parse_spec(doc)
 

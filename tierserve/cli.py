@@ -69,28 +69,24 @@ def _report(args: argparse.Namespace) -> int:
 def _crd(args: argparse.Namespace) -> int:
     from tierserve.operator.crd import CRD_PATH, crd_yaml
 
-    text = crd_yaml()
-    if args.write:
-        path = Path(args.write if args.write != "-" else CRD_PATH)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"wrote {path}")
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit(crd_yaml(), args.write, CRD_PATH)
 
 
 def _report_schema(args: argparse.Namespace) -> int:
     from tierserve.pruning.report_model import SCHEMA_PATH, report_schema_json
 
-    text = report_schema_json()
-    if args.write:
-        path = Path(args.write if args.write != "-" else SCHEMA_PATH)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        print(f"wrote {path}")
-    else:
+    return _emit(report_schema_json(), args.write, SCHEMA_PATH)
+
+
+def _emit(text: str, write: str | None, default_path: Path) -> int:
+    """Print a generated file, or write it (`--write -`: to its checked-in path)."""
+    if not write:
         sys.stdout.write(text)
+        return 0
+    path = Path(write if write != "-" else default_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"wrote {path}")
     return 0
 
 
