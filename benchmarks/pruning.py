@@ -572,7 +572,7 @@ def show_distill(rep: Report, rows: list[dict], meta: dict) -> None:
               *(f"{_f(r['baseline'][c])} -> {_f(r[c])}" for c in cols)] for r in rows]
     rep.table(f"6. Distillation (MiniLM, undistilled -> distilled; calibration split only, judged "
               f"on {meta['test_queries']} test queries x {meta['test_docs']} docs; load average "
-              f"{meta['loadavg_start'][0]:.1f} at start: wall times are under load)",
+              f"{meta['loadavg_start'][0]:.1f} at start)",
               ["criterion", "FLOPs removed", "steps", "wall s", "device", "NDCG@10 kept",
                "top-1 agr", "cross-tier kept", "cosine"], table)
 
