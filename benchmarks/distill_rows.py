@@ -43,10 +43,13 @@ DISTILL_KEYS = ("model", "criterion", "flops_removed", "distill_steps", "distill
 class DistillSettings:
     levels: tuple[float, ...] = (0.5, 0.7)
     criterion: str = "activation"
-    max_seconds: float = 600.0  # the issue's budget: <= 10 min of distillation on 2 cores
-    steps: int = 3000  # a cap; the time budget ends the run first on 2 cores
-    lr: float = 1e-4
-    batch_size: int = 32
+    # the issue's budget is <= 10 min of distillation on 2 cores: 540 s of loop leaves room for
+    # the teacher's cached targets (~40-60 s), so `distill_seconds` (the whole stage) stays <= 600
+    max_seconds: float = 540.0
+    steps: int = 5000  # a cap; the time budget ends the run first on 2 cores
+    # the recipe (peak lr with warm-up + cosine decay over the budget, length-bucketed batches,
+    # batch size) is DistillConfig's defaults: the job and the benchmark distil the same way
+    recipe: DistillConfig = DistillConfig()
 
 
 @dataclass
@@ -96,8 +99,7 @@ def run_distill(full: TaskModel, test: RetrievalData, calib_batches: list,
         removed = res.report["plan"]["encoder"]["flops_removed_fraction"]
         base = _signals(res.model, test, ref, full_vecs)
         student = replace(res.model, model=copy.deepcopy(res.model.model))
-        dc = DistillConfig(steps=ds.steps, max_seconds=ds.max_seconds, lr=ds.lr,
-                           batch_size=ds.batch_size)
+        dc = replace(ds.recipe, steps=ds.steps, max_seconds=ds.max_seconds)
         t0 = time.perf_counter()
         sec, details = distill_stage(student, full, texts, dc,
                                      kept_layers=res.structure.kept_layers)
@@ -109,7 +111,8 @@ def run_distill(full: TaskModel, test: RetrievalData, calib_batches: list,
         row["distill"] = {"best_step": sec["best_step"], "loop_seconds": sec["seconds"],
                           "curve": sec["curve"], **{k: details[k] for k in (
                               "objective", "texts", "val_texts", "stopped",
-                              "best_val_agreement", "lr", "batch_size", "max_seconds")}}
+                              "best_val_agreement", "lr", "schedule", "warmup", "bucket",
+                              "batch_size", "max_seconds")}}
         rows.append(row)
         log(f"distill {level:.0%}: kept {row['baseline']['quality_kept']:.4f} -> "
             f"{row['quality_kept']:.4f}, top-1 {base.top1:.3f} -> {dist.top1:.3f}, cross-tier "

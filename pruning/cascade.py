@@ -212,7 +212,8 @@ def calibrate_guaranteed(conf, agree, target: float, delta: float, agree_escalat
             f"{field}: {n} rows cannot guarantee agreement >= {target} with confidence "
             f"{1 - delta:.3g} (spec.serving.calibrationDelta={delta}); at least {need} are needed "
             f"(more when pruned disagrees sometimes). Add validation rows, lower "
-            f"spec.serving.targetAgreement, or raise spec.serving.calibrationDelta")
+            f"spec.serving.targetAgreement, raise spec.serving.calibrationDelta, or set it to "
+            f"null for the empirical cut (no guarantee)")
     eps = 1.0 - target
     _, thresholds, disagree = _cuts(conf, agree, agree_escalated)
     chosen = -1

@@ -28,7 +28,8 @@ from .report_model import PruningReport, ReportError
 from .spec import PrunedModelSpec, SpecError, load_spec
 from .storage import resolve
 
-__all__ = ["EXIT_ERROR", "EXIT_GATES_FAILED", "EXIT_PASSED", "job_key", "main", "run_job"]
+__all__ = ["EXIT_ERROR", "EXIT_GATES_FAILED", "EXIT_PASSED", "job_key", "key_hashes", "main",
+           "run_job"]
 
 EXIT_PASSED, EXIT_ERROR, EXIT_GATES_FAILED = 0, 1, 2
 
@@ -37,6 +38,15 @@ def job_key(spec: PrunedModelSpec, input_hashes: dict[str, Any]) -> str:
     """Deterministic artifact key from the spec and the sha256 of every input file."""
     doc = {"spec": spec.model_dump(mode="json", by_alias=True), "inputs": input_hashes}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def key_hashes(spec: PrunedModelSpec, inputs: JobInputs) -> dict[str, Any]:
+    """The inputs' hashes plus, when the spec distils with `data.distillation`, that file's
+    sha256 under "distillation" (its content shapes the model, so it keys the artifact)."""
+    from .recovery.distillation.from_spec import distillation_hash
+
+    extra = distillation_hash(spec, inputs.hashes.get("data", {}))
+    return inputs.hashes if extra is None else {**inputs.hashes, "distillation": extra}
 
 
 class ProgressFile:
@@ -90,7 +100,8 @@ def run_job(spec: PrunedModelSpec, out: str | Path, *, name: str = "prunedmodel"
     tick = ProgressFile(out_dir, progress)
     tick("load", 0.0)
     inputs: JobInputs = load_inputs(spec, base_dir or Path.cwd())
-    key = job_key(spec, inputs.hashes)
+    hashes = key_hashes(spec, inputs)
+    key = job_key(spec, hashes)
     art = out_dir / "artifacts" / key
     cached = _reuse(art) if reuse else None
     if cached is not None:
@@ -100,7 +111,7 @@ def run_job(spec: PrunedModelSpec, out: str | Path, *, name: str = "prunedmodel"
         return cached, EXIT_PASSED if cached["deployable"] else EXIT_GATES_FAILED
     art.mkdir(parents=True, exist_ok=True)
     report = run_pipeline(spec, inputs, art, tick)
-    report.update({"name": name, "key": key, "inputs": inputs.hashes, "complete": True,
+    report.update({"name": name, "key": key, "inputs": hashes, "complete": True,
                    "artifact": {"path": str(art), "uri": f"{Path(out_dir).as_uri()}/artifacts/{key}"}})
     report = _write_report(out_dir, art, report)
     tick("done", 1.0)

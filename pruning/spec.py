@@ -137,7 +137,8 @@ class RecoverySpec(_Model):
     objective: Literal["auto", "embedding", "logits", "tokens"] = Field("auto", description=(
         "auto: embedding for bi-encoders, logits for classifiers/cross-encoders, tokens for decoders"))
     hidden_states: bool = Field(False, description="Also match each kept layer's hidden states")
-    learning_rate: float = Field(5e-5, gt=0.0, le=1.0)
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0, description=(
+        "Peak distillation learning rate: linear warm-up over 5% of the budget, then cosine decay"))
     batch_size: int = Field(32, ge=1, le=4096, description="Distillation texts per step and worker")
     temperature: float = Field(2.0, gt=0.0, le=100.0, description="logits/tokens: KD temperature")
     early_stop_patience: int = Field(0, ge=0, le=1000, description=(
@@ -230,6 +231,10 @@ class RouterSpec(_Model):
     commit_metrics: bool = Field(True, description=(
         "A reply leaves only once its metric events are in the stats actor (a killed router loses "
         "no answered request); false saves that actor round trip per reply but may lose the last ones"))
+    colocate_pruned: bool = Field(False, description=(
+        "Serve the pruned model inside each router replica: routine traffic takes one hop, only "
+        "escalations and full-routed requests a second. The router then takes spec.serving.pruned's "
+        "replicas and resources, and there is no separate pruned deployment"))
 
 
 class RoutingRules(_Model):
@@ -247,10 +252,11 @@ class ServingSpec(_Model):
     target_agreement: Fraction = Field(0.99, description="cascade: calibrated agreement with full; shadow: the gate")
     cascade_threshold: float | None = Field(None, description="cascade: override the job's calibrated threshold")
     # -- routing and calibration (issue 15) --
-    calibration_delta: float | None = Field(None, gt=0.0, lt=0.5, description=(
-        "cascade: Learn-then-Test calibration; agreement on new traffic >= targetAgreement with "
-        "probability >= 1 - this. A validation set too small for it is refused. Unset: the "
-        "empirical cut on the validation rows (no guarantee)"))
+    calibration_delta: float | None = Field(0.05, gt=0.0, lt=0.5, description=(
+        "cascade: Learn-then-Test calibration on spec.data.validation (the default); agreement "
+        "on new traffic >= targetAgreement with probability >= 1 - this. A validation set too "
+        "small for it is refused. null: the empirical cut (no guarantee); so is a job without "
+        "spec.data.validation (its calibration rows also fitted the pruning)"))
     escalate_top_m: int | None = Field(None, ge=1, le=10_000, description=(
         "cascade rerank: on escalation full re-scores only pruned's best m documents; "
         "unset: the job's calibrated m"))

@@ -69,12 +69,17 @@ def tier_options(t: TierSpec, retry_after_s: float = 1.0) -> dict:
 
 def router_options(r: RouterSpec, full: TierSpec, pruned: TierSpec) -> dict:
     """The router admits what both tiers can hold; the proxy queues a bounded number more and
-    answers 503 + Retry-After beyond that."""
-    cap = router_capacity([capacity_of(full), capacity_of(pruned)], r.replicas,
+    answers 503 + Retry-After beyond that. Colocated (`colocatePruned`), it also carries the
+    pruned model: pruned's resources, and at least pruned's replicas."""
+    replicas = max(r.replicas, pruned.replicas, 1) if r.colocate_pruned else r.replicas
+    cap = router_capacity([capacity_of(full), capacity_of(pruned)], replicas,
                           r.max_ongoing_requests, r.max_queued_requests)
-    return {"num_replicas": r.replicas, "max_ongoing_requests": cap.max_ongoing,
+    opts = {"num_replicas": replicas, "max_ongoing_requests": cap.max_ongoing,
             "max_queued_requests": cap.max_queued,
             "backpressure_config": {"status_code": 503, "retry_after_s": r.retry_after_s}}
+    if r.colocate_pruned:
+        opts["ray_actor_options"] = {"num_cpus": pruned.cpus, "num_gpus": pruned.gpus}
+    return opts
 
 
 def router_config(name: str, spec: PrunedModelSpec, report: PruningReport,
@@ -108,8 +113,12 @@ def build_app(args: dict) -> Application:
     full = Tier.options(name="full", **tier_options(s.full, retry)).bind(
         "full", m.uri, max_batch_size=s.full.max_batch_size, gpus=s.full.gpus,
         threads=max(1, math.floor(s.full.cpus)), **common)
-    pruned = Tier.options(name="pruned", **tier_options(s.pruned, retry)).bind(
-        "pruned", a.artifact or _artifact_uri(report), max_batch_size=s.pruned.max_batch_size,
-        gpus=s.pruned.gpus, threads=max(1, math.floor(s.pruned.cpus)), **common)
+    pruned_args = {"tier": "pruned", "model_uri": a.artifact or _artifact_uri(report),
+                   "max_batch_size": s.pruned.max_batch_size, "gpus": s.pruned.gpus,
+                   "threads": max(1, math.floor(s.pruned.cpus)), **common}
+    config = router_config(a.name, spec, report, a.metrics_port)
     router = Router.options(**router_options(s.router, s.full, s.pruned))
-    return router.bind(full, pruned, router_config(a.name, spec, report, a.metrics_port))
+    if s.router.colocate_pruned:  # no pruned deployment: the router loads it (colocated.py)
+        return router.bind(full, None, {**config, "colocated": pruned_args})
+    pruned = Tier.options(name="pruned", **tier_options(s.pruned, retry)).bind(**pruned_args)
+    return router.bind(full, pruned, config)

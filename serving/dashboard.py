@@ -43,11 +43,12 @@ from grafana_foundation_sdk.models.dashboard import (
 
 __all__ = [
     "ALERTS", "DASHBOARD_FILE", "DASHBOARD_UID", "PANELS", "RECORDING_RULES", "RULES_FILE",
-    "Panel", "Query", "build_dashboard", "dashboard_json", "panel_queries", "rule_groups",
-    "write_all",
+    "SAVINGS_PANEL", "Panel", "Query", "build_dashboard", "dashboard_json", "metrics_savings",
+    "panel_queries", "rule_groups", "savings_agreement", "savings_query", "write_all",
 ]
 
 DASHBOARD_UID = "tierserve-savings"
+SAVINGS_PANEL = "Cumulative savings ($)"  # the panel a replay's own accounting must agree with
 DASHBOARD_FILE = "tierserve-dashboard.json"
 RULES_FILE = "tierserve-rules.yaml"
 SECONDS_PER_DAY = 86400
@@ -196,7 +197,7 @@ PANELS: tuple[Panel, ...] = (
            f" * {SECONDS_PER_DAY}", "{{tier}}"),
         _q(f"sum (namespace_model:tierserve_counterfactual_cost_usd:rate5m{{{SEL}}})"
            f" * {SECONDS_PER_DAY}", "all-full (counterfactual)"),)),
-    Panel("Cumulative savings ($)", "currencyUSD", (
+    Panel(SAVINGS_PANEL, "currencyUSD", (
         _q(f"sum by (model) (tierserve_savings_usd{{{SEL}}})", "{{model}}"),), kind="stat"),
     Panel("Savings rate ($/day)", "currencyUSD", (
         _q(f"sum by (model) (namespace_model:tierserve_savings_usd:rate5m{{{SEL}}})"
@@ -268,6 +269,38 @@ def panel_queries(dashboard: dict[str, Any], *, namespace: str = ".*", model: st
                 expr = expr.replace(var, value)
             out.append((panel["title"], target.get("legendFormat", ""), expr))
     return out
+
+
+def savings_query(dashboard: dict[str, Any], model: str = ".*") -> str:
+    """The savings panel's PromQL, taken from a dashboard JSON model (not retyped)."""
+    return next(expr for title, _, expr in panel_queries(dashboard, model=model)
+                if title == SAVINGS_PANEL)
+
+
+def metrics_savings(text: str) -> dict[str, float]:
+    """USD spent, all-full USD and savings summed over a /metrics page's counters."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums = {"tierserve_cost_usd": 0.0, "tierserve_counterfactual_cost_usd": 0.0}
+    for family in text_string_to_metric_families(text):
+        if family.name in sums:
+            sums[family.name] += sum(s.value for s in family.samples if s.name.endswith("_total"))
+    spent, would = sums["tierserve_cost_usd"], sums["tierserve_counterfactual_cost_usd"]
+    return {"cost_usd": spent, "counterfactual_usd": would, "savings_usd": would - spent}
+
+
+def savings_agreement(figures: dict[str, float | None], abs_tol: float = 0.0) -> dict[str, Any]:
+    """The same savings measured several ways -> the figures and their max relative difference
+    (|a - b| / max(|a|, |b|) over every pair); differences within `abs_tol` (e.g. the rounding
+    of a printed figure) count as 0."""
+    vals = [v for v in figures.values() if v is not None]
+    worst = 0.0
+    for i, a in enumerate(vals):
+        for b in vals[i + 1:]:
+            scale = max(abs(a), abs(b))
+            if abs(a - b) > abs_tol and scale > 0:
+                worst = max(worst, abs(a - b) / scale)
+    return {"figures": dict(figures), "max_rel_diff": worst}
 
 
 def write_all(out: str | Path) -> list[Path]:

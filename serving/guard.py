@@ -25,7 +25,7 @@ from .policy import FULL, PRUNED
 if TYPE_CHECKING:
     from .router import Flight
 
-__all__ = ["Guard", "Unavailable"]
+__all__ = ["Guard", "TierDown", "Unavailable"]
 
 log = logging.getLogger("tierserve.serving")
 COMMIT_TIMEOUT_S = 2.0  # a stats actor that does not answer delays replies at most this much
@@ -46,6 +46,10 @@ class Unavailable(HTTPException):
 
     def __init__(self, detail: str, retry_after_s: float) -> None:
         super().__init__(503, detail, headers={"Retry-After": str(max(0, math.ceil(retry_after_s)))})
+
+
+class TierDown(Exception):
+    """The tier's circuit opened while a call to it waited (its replica is known dead)."""
 
 
 class Guard:
@@ -104,21 +108,12 @@ class Guard:
                               "is probing it and will serve again when it answers",
                               self.retry_after_s)
         bound = self.budget.full(f.size)
-        ask = asyncio.ensure_future(self._timed_ask(FULL, f.req, f.waited, bound))
-        down = asyncio.ensure_future(self.opened[FULL].wait())
-        try:  # answer when full does, or at once when its circuit opens meanwhile
-            await asyncio.wait({ask, down}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            down.cancel()
-            gone = not ask.done()
-            if gone:
-                ask.cancel()
-        if gone:
+        try:
+            reply = await self._race(FULL, f, bound)
+        except TierDown:
             self._reject("tier_down")
             raise Unavailable(f"the full tier went down ({self.circuits[FULL].reason}) while "
-                              "this request waited", self.retry_after_s)
-        try:
-            reply = ask.result()
+                              "this request waited", self.retry_after_s) from None
         except BackPressureError:
             self._reject("backpressure")
             raise Unavailable("the full tier's queue is full (spec.serving.full."
@@ -139,6 +134,22 @@ class Guard:
         self._answered(FULL)
         self._account(f, FULL, reply)
         return reply
+
+    async def _race(self, tier: str, f: "Flight", bound: float | None) -> dict:
+        """Ask `tier` within `bound`, but give up at once (`TierDown`) when its circuit opens
+        meanwhile: no request keeps waiting on a replica that is known to be dead."""
+        ask = asyncio.ensure_future(self._timed_ask(tier, f, bound))
+        down = asyncio.ensure_future(self.opened[tier].wait())
+        try:
+            await asyncio.wait({ask, down}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            down.cancel()
+            gone = not ask.done()
+            if gone:
+                ask.cancel()
+        if gone:
+            raise TierDown(self.circuits[tier].reason)
+        return ask.result()
 
     def _reject(self, reason: str) -> None:
         """A refused request is an answer too: counted in the stats actor now."""

@@ -64,17 +64,15 @@ from .policy import (
     RequestInfo,
     choose_tier,
     escalate,
-    outputs_agree,
     request_confidence,
-    would_serve_pruned,
 )
+from .shadow import Shadowing
+from .stages import STAGES_HEADER, add_stages, stage_header
 
 __all__ = ["Router", "Unavailable"]
 
 log = logging.getLogger("tierserve.serving")
 HEALTH_EVERY = 8  # flushes between tier health checks
-SHADOW_TIMEOUT_S = 120.0  # a shadow call may queue behind real traffic; it only bounds the wait
-SHADOW_MAX_INFLIGHT = 8  # more would fill the other tier's bounded queue and 503 real requests
 _OPS = {"embedding": {"embed", "rerank"}, "rerank": {"rerank"},
         "sequence-classification": {"classify"}, "image-classification": set(),
         "text-generation": {"generate"}}
@@ -113,15 +111,20 @@ class Flight:
     size: int = 0  # estimated input tokens: scales the timeouts (capacity.TimeBudget)
     partial: bool = False  # full answered only part of it (top-m documents / unconfident items)
     t0: float = field(default_factory=time.perf_counter)
+    stages: dict[str, float] = field(default_factory=dict)  # ms per stage (stages.py)
 
 
 @serve.deployment(name="router", ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
-class Router(Guard, OpenAIRoutes):  # + guards (guard.py), OpenAI routes (openai_api.py)
+class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api.py
     def __init__(self, full, pruned, config: dict) -> None:
         spec = parse_spec(config["spec"])
         s = spec.serving
         self.name, self.task = config["name"], spec.model.task.value
+        if pruned is None:  # spec.serving.router.colocatePruned: pruned runs in this replica
+            from .colocated import LocalTier
+
+            pruned = LocalTier(**config["colocated"])
         self.tiers = {FULL: full, PRUNED: pruned}
         self.cfg = PolicyConfig.from_spec(s, config.get("calibration"), config.get("gates"))
         self.timeout_s, self.max_items = s.pruned_timeout_s, s.max_items
@@ -149,26 +152,28 @@ class Router(Guard, OpenAIRoutes):  # + guards (guard.py), OpenAI routes (openai
 
     # -- endpoints ------------------------------------------------------------------------------
     @api.post("/v1/embed", response_model=EmbedResponse)
-    async def embed(self, body: EmbedRequest, request: Request) -> dict:
+    async def embed(self, body: EmbedRequest, request: Request, response: Response) -> dict:
         self._check("embed", len(body.texts), "texts")
-        reply, tier, reason, conf = await self._route("embed", body.texts, request)
+        reply, tier, reason, conf = await self._route("embed", body.texts, request,
+                                                      response=response)
         return {**self._routed(tier, reason, conf), **_inputs(reply),
                 "embeddings": np.asarray(reply["outputs"]).tolist()}
 
     @api.post("/v1/rerank", response_model=RerankResponse)
-    async def rerank(self, body: RerankRequest, request: Request) -> dict:
+    async def rerank(self, body: RerankRequest, request: Request, response: Response) -> dict:
         self._check("rerank", len(body.documents), "documents")
         reply, tier, reason, conf = await self._route("rerank", [body.query, *body.documents],
-                                                      request)
+                                                      request, response=response)
         scores = np.asarray(reply["outputs"])
         ranking = [int(i) for i in np.argsort(-scores, kind="stable")]
         return {**self._routed(tier, reason, conf), **_inputs(reply), "scores": scores.tolist(),
                 "ranking": ranking[:body.top_n] if body.top_n else ranking}
 
     @api.post("/v1/classify", response_model=ClassifyResponse)
-    async def classify(self, body: ClassifyRequest, request: Request) -> dict:
+    async def classify(self, body: ClassifyRequest, request: Request, response: Response) -> dict:
         self._check("classify", len(body.texts), "texts")
-        reply, tier, reason, conf = await self._route("classify", body.texts, request)
+        reply, tier, reason, conf = await self._route("classify", body.texts, request,
+                                                      response=response)
         logits = np.asarray(reply["outputs"], dtype=np.float64)  # (n, C)
         probs = np.exp(logits - logits.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
@@ -223,22 +228,24 @@ class Router(Guard, OpenAIRoutes):  # + guards (guard.py), OpenAI routes (openai
 
     async def _ask(self, tier: str, req: dict, timeout: float | None = None) -> dict:
         call = self.tiers[tier].infer.remote(req)
-        if not timeout:
-            return await call
         try:
-            return await asyncio.wait_for(_await(call), timeout)
-        except TimeoutError:
+            return await asyncio.wait_for(_await(call), timeout or None)
+        except (TimeoutError, asyncio.CancelledError) as err:
             call.cancel()  # the tier drops the rest of this work (tier.py); it ran once
-            self.events.add("cancelled", tier)
+            if isinstance(err, TimeoutError):
+                self.events.add("cancelled", tier)
             raise
 
-    async def _timed_ask(self, tier: str, req: dict, waited: list[float],
-                         timeout: float | None = None) -> dict:
+    async def _timed_ask(self, tier: str, f: "Flight", timeout: float | None = None) -> dict:
+        """Ask a tier for `f`; the wait splits into the tier's own time (`replica_s` in its
+        reply) and the hop around it (handle call, queueing, transfer), in `f.stages`."""
         t0 = time.perf_counter()
         try:
-            return await self._ask(tier, req, timeout)
+            reply = await self._ask(tier, f.req, timeout)
         finally:
-            waited.append(time.perf_counter() - t0)
+            f.waited.append(time.perf_counter() - t0)
+        add_stages(f.stages, tier, f.waited[-1], reply)
+        return reply
 
     def _confidence(self, op: str, reply: dict) -> float:
         if op == "generate":  # the pruned answer's mean token log-probability
@@ -253,13 +260,13 @@ class Router(Guard, OpenAIRoutes):  # + guards (guard.py), OpenAI routes (openai
         d = choose_tier(info, self.cfg, self.shared["shadow_fallback_active"])
         f = Flight(info, d, {"op": op, "texts": texts, **(extra or {})}, d.tier, d.reason)
         f.size = self._admit(texts)
+        f.stages["decide"] = 1000 * (time.perf_counter() - f.t0)
         if f.tier == PRUNED and self.circuits[PRUNED].is_open:  # known dead: no wait at all
             self.events.fallbacks += 1
             f.tier, f.reason = FULL, "fallback"
         elif f.tier == PRUNED and (d.cascade or not stream):
             try:
-                f.reply = await self._timed_ask(PRUNED, f.req, f.waited,
-                                                self.budget.pruned(f.size))
+                f.reply = await self._race(PRUNED, f, self.budget.pruned(f.size))
                 self._answered(PRUNED)
                 self._account(f, PRUNED, f.reply)
             except Exception as err:  # noqa: BLE001 - any pruned failure is served by full
@@ -333,17 +340,21 @@ class Router(Guard, OpenAIRoutes):  # + guards (guard.py), OpenAI routes (openai
         self.events.cost_ratio = (self.costs.latency_ratio, self.costs.ratio_source)
 
     async def _route(self, op: str, texts: list[str], request: Request,
-                     extra: dict | None = None):
+                     extra: dict | None = None, response: Response | None = None):
         self._start()
         f = await self._first(op, texts, request, extra)
         if f.reply is None:
             f.reply = await self._full(f)
         self._finish(f)
+        t_commit = time.perf_counter()
         if self.commit_metrics:
             await self._commit()  # in the stats actor before the reply leaves (guard.py)
         else:
-            self._push_now()
+            self._push_now()  # sent before the reply is (guard.py)
+        f.stages["commit"] = 1000 * (time.perf_counter() - t_commit)
         request.state.router_ms = 1000 * (time.perf_counter() - f.t0 - sum(f.waited))
+        if response is not None:
+            response.headers[STAGES_HEADER] = stage_header(f.stages)
         if f.decision.shadow:
             self._shadow(f.info, op, f.req, f.tier, f.reason, f.reply)
         return f.reply, f.tier, f.reason, f.conf
@@ -404,42 +415,6 @@ class Router(Guard, OpenAIRoutes):  # + guards (guard.py), OpenAI routes (openai
 
     def _done(self, f: "Flight", reply: dict) -> dict:
         return {"done": True, **self._routed(f.tier, f.reason, f.conf), **answer_fields(reply)}
-
-    # -- shadow ---------------------------------------------------------------------------------
-    def _shadow(self, info: RequestInfo, op: str, req: dict, tier: str, reason: str,
-                reply: dict) -> None:
-        if tier == FULL and reason != "shadow_fallback":
-            self.events.shadow.append(True)  # full served it: the served answer agrees
-            return
-        if self.shadowing >= SHADOW_MAX_INFLIGHT:  # the other tier is behind: skip this sample
-            return
-        self.shadowing += 1
-        task = asyncio.get_running_loop().create_task(self._compare(info, op, req, tier, reply))
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
-
-    async def _compare(self, info: RequestInfo, op: str, req: dict, tier: str,
-                       reply: dict) -> None:
-        other = FULL if tier == PRUNED else PRUNED
-        try:  # off the response path: no tight timeout, only a bound
-            theirs = await self._ask(other, req, SHADOW_TIMEOUT_S)
-        except Exception as err:  # noqa: BLE001 - a failed shadow call is only logged
-            log.warning("shadow call to %s failed: %s", other, _brief(err))
-            return
-        finally:
-            self.shadowing -= 1
-        self.events.spend({other: self.costs.tier_cost(other, theirs["compute_s"],
-                                                       reply_tokens(theirs))}, 0.0)
-        self.events.count_tokens(other, theirs)
-        self._observe_ratio(other, theirs)
-        pruned, full = (reply, theirs) if tier == PRUNED else (theirs, reply)
-        if tier == FULL:  # tripped: would the policy have let pruned answer?
-            conf = self._confidence(op, pruned)
-            if not would_serve_pruned(info, self.cfg, conf):
-                self.events.shadow.append(True)
-                return
-        self.events.shadow.extend(outputs_agree(op, pruned["outputs"], full["outputs"],
-                                                self.cfg.choices))
 
     # -- background: metrics push, shared shadow state, tier health -----------------------------
     def _start(self) -> None:

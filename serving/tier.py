@@ -80,7 +80,7 @@ class Job:
 class Tier:
     def __init__(self, tier: str, model_uri: str, task: str, max_length: int = 128,
                  max_batch_size: int = 16, threads: int = 1, gpus: float = 0.0,
-                 model: str | None = None, cost=None) -> None:
+                 model: str | None = None, cost=None, offload: bool = False) -> None:
         torch.set_num_threads(max(1, threads))
         self.tier, self.model_name, self.cost = tier, model, cost
         self.tm = load_tier_model(tier, model_uri, task, max_length)
@@ -90,6 +90,7 @@ class Tier:
         names = getattr(cfg, "id2label", None) or {}
         self.labels = [names[i] for i in sorted(names)] if names else []
         self.chunk = max_batch_size  # texts per forward pass
+        self.offload = offload  # every forward pass off the event loop (inside the router)
         self._batch.set_max_batch_size(max_batch_size)
         self.broken = False  # set by `break_tier` in tests of the router's fallback
         self.counts = {"texts_run": 0, "texts_abandoned": 0, "calls_cancelled": 0}
@@ -109,13 +110,14 @@ class Tier:
         return {**self.counts, "device": self.device}
 
     async def infer(self, req: dict) -> dict:
-        job = Job(req)
+        job, t0 = Job(req), time.perf_counter()
         try:
-            return await self._batch(job)
+            reply = await self._batch(job)
         except asyncio.CancelledError:
             job.cancelled = True  # the running batch drops its remaining texts
             self.counts["calls_cancelled"] += 1
             raise
+        return {**reply, "replica_s": time.perf_counter() - t0}  # the router's stage breakdown
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _batch(self, jobs: list[Job]) -> list[dict]:
@@ -146,7 +148,7 @@ class Tier:
             self.counts["texts_abandoned"] += len(chunk) - len(live)
             if not live:
                 continue
-            if len(chunks) == 1:
+            if len(chunks) == 1 and not self.offload:
                 self._run(live)
             else:
                 await asyncio.to_thread(self._run, live)

@@ -107,9 +107,29 @@ def test_spec_fields():
     s = ServingSpec.model_validate({"calibrationDelta": 0.05, "escalateTopM": 3,
                                     "embedTier": "pruned"})
     assert (s.calibration_delta, s.escalate_top_m, s.embed_tier) == (0.05, 3, "pruned")
-    assert ServingSpec().calibration_delta is None and ServingSpec().embed_tier == "full"
+    assert ServingSpec().calibration_delta == 0.05 and ServingSpec().embed_tier == "full"
+    assert ServingSpec.model_validate({"calibrationDelta": None}).calibration_delta is None
     with pytest.raises(ValueError):
         ServingSpec.model_validate({"calibrationDelta": 0.7})
+
+
+def test_the_guarantee_is_the_default_on_a_validation_split():
+    """Learn-then-Test at delta 0.05 unless the spec opts out (null), routes by split, or has no
+    held-out validation split; each exception says why in the report's guarantee.note."""
+    from types import SimpleNamespace
+
+    from tierserve.pruning.calibration import guarantee_delta
+
+    def spec(**serving):
+        return SimpleNamespace(serving=ServingSpec.model_validate(serving))
+
+    assert guarantee_delta(spec(), True) == (0.05, None)
+    assert guarantee_delta(spec(calibrationDelta=0.1), True) == (0.1, None)
+    for s, has_val, why in ((spec(calibrationDelta=None), True, "null"),
+                            (spec(policy="split"), True, "policy split"),
+                            (spec(), False, "no spec.data.validation")):
+        delta, note = guarantee_delta(s, has_val)
+        assert delta is None and why in note
 
 
 # -- the cost ratio ---------------------------------------------------------------------------

@@ -150,3 +150,24 @@ def test_the_json_decodes_as_a_grafana_dashboard_model() -> None:
     model = Dashboard.from_json(board)
     assert json.loads(json.dumps(model, cls=JSONEncoder)) == board
     assert board["uid"] == dash.DASHBOARD_UID and all(p["options"] for p in board["panels"])
+
+
+def test_savings_from_metrics_and_their_agreement():
+    """The stats actor's body (no Ray): its totals and its own /metrics page give the same savings;
+    the savings panel's query is the one in the checked-in JSON; the agreement is relative."""
+    from tierserve.serving.metrics import Events, Stats
+
+    stats = Stats("m", gate=0.99, window=20, hysteresis=0.0)
+    ev = Events()
+    ev.spend({"pruned": 0.25, "full": 0.5}, counterfactual=1.5)
+    ev.spend({"full": 1.0}, counterfactual=1.0)  # an all-full request saves nothing
+    stats.push(ev)
+    page = dash.metrics_savings(stats.render().decode())
+    totals = stats.totals()
+    assert page == {"cost_usd": totals["cost_usd"], "counterfactual_usd": 2.5,
+                    "savings_usd": totals["savings_usd"]}
+    assert page["savings_usd"] == pytest.approx(0.75)
+    assert "tierserve_savings_usd" in dash.savings_query(_dashboard())
+    agree = dash.savings_agreement({"a": 0.75, "b": 0.76, "c": None})
+    assert agree["max_rel_diff"] == pytest.approx(0.01 / 0.76)
+    assert dash.savings_agreement({"a": 1e-7, "b": 0.0}, abs_tol=1e-6)["max_rel_diff"] == 0.0

@@ -1,6 +1,9 @@
 """Every dashboard panel query and every recording rule, run by a real Prometheus (Debian's
 binary, fixture `prometheus_factory`) against live tierserve metrics, must return data; the
-alert rules must load and evaluate without error; and the PNG renderer must draw every panel.
+alert rules must load and evaluate without error; the PNG renderer must draw every panel; and
+the savings `tierserve run` prints after its replay, the savings from the /metrics counters and the
+dashboard's savings panel (its PromQL from the generated JSON, evaluated by Prometheus) agree
+within 2% (issue 15).
 
 The embedded `tierserve run` (a real MiniLM pruning job, both tiers and the router on a local
 Ray Serve) is scraped while rerank traffic flows through its router. TIERSERVE_DASHBOARD_PNG=
@@ -14,6 +17,7 @@ import gzip
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -56,6 +60,45 @@ def check_rules_healthy(prom) -> None:
     assert len(rules) == len(dash.RECORDING_RULES) + len(dash.ALERTS)
     bad = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert not bad, bad
+
+
+# -- savings: the run's own accounting, /metrics and the dashboard's panel agree within 2% ----------
+PRINTED_SAVINGS = re.compile(r"savings\W+\$(-?[0-9.]+) \((-?[0-9.]+)%\)")
+
+
+def _metrics_settled(url: str, timeout: float = 30.0) -> dict[str, float]:
+    """/metrics savings once two reads 2 s apart agree (shadow calls still in flight add cost)."""
+    last, deadline = None, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            now = dash.metrics_savings(resp.read().decode())
+        if now == last:
+            return now
+        last = now
+        time.sleep(2.0)
+    return last
+
+
+def check_savings_agree(prom, log: str, metrics_url: str) -> dict:
+    """(a) the savings `tierserve run` printed after its replay, (b) the savings from the /metrics
+    counters, (c) the dashboard's savings panel PromQL (from the generated JSON) evaluated by
+    Prometheus: all within 2% (a printed figure is rounded to $1e-6)."""
+    found = PRINTED_SAVINGS.findall(log)
+    assert found, log[-3000:]
+    printed = float(found[-1][0])
+    metrics = _metrics_settled(metrics_url)
+    expr = dash.savings_query(json.loads((RULES.parent / dash.DASHBOARD_FILE).read_text()))
+    want = metrics["savings_usd"]
+    result = prom.wait_for(expr, timeout=60, predicate=lambda r: abs(
+        _value(r) - want) <= 1e-9 * max(1.0, abs(want)))
+    figures = {"printed": printed, "metrics": want, "dashboard": _value(result)}
+    agreement = dash.savings_agreement(figures, abs_tol=1e-6)
+    assert agreement["max_rel_diff"] <= 0.02, agreement
+    return agreement
+
+
+def _value(result: list[dict]) -> float:
+    return sum(float(r["value"][1]) for r in result)
 
 
 # -- the real embedded run -------------------------------------------------------------------------
@@ -164,8 +207,11 @@ def test_queries_against_tierserve_run(prometheus_factory, tmp_path: Path) -> No
     traffic = Traffic(f"http://127.0.0.1:{serve_port}")
     try:
         _wait_serving(run, timeout=1200)
-        traffic.start()
         prom = prometheus_factory([f"127.0.0.1:{metrics_port}"], rule_files=[RULES])
+        savings = check_savings_agree(prom, run.tail(20000),
+                                      f"http://127.0.0.1:{metrics_port}/metrics")
+        print("savings agreement:", savings)
+        traffic.start()
         counts = check_every_query(prom)
         assert all(n >= 1 for n in counts.values()), counts
         check_rules_healthy(prom)

@@ -110,6 +110,7 @@ def _spec(smollm2_path: Path, lm_data: Path, gates: dict) -> dict:
                         "multiple": 32, "calibrationSamples": 8},
             "recovery": {"rescale": False},
             "gates": gates,
+            "serving": {"calibrationDelta": None},  # 4 validation prompts: the empirical cut
         },
     }
 

@@ -75,7 +75,8 @@ def cls_job(classifier, polarity, tmp_path_factory):
                        "calibrationSamples": 64},
            "recovery": {"rescale": True},
            "gates": {"quality": [{"metric": "agreement", "min": 0.6}]},
-           "serving": {"policy": "cascade", "targetAgreement": 0.95,
+           # ~50 validation rows cannot guarantee 0.95 (59 needed): the empirical cut
+           "serving": {"policy": "cascade", "targetAgreement": 0.95, "calibrationDelta": None,
                        "full": {"cpus": 0.5}, "pruned": {"cpus": 0.5}}}
     report, code = run_job(parse_spec(doc), out / "out", name="ts-cls")
     assert code == 0, report.get("gates")

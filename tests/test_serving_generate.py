@@ -45,7 +45,8 @@ def _spec(lm_data: str, serving: dict) -> dict:
                         "multiple": 32, "calibrationSamples": 8},
             "recovery": {"rescale": False},
             "gates": {"quality": [{"metric": "next_token_agreement", "min": 0.1}]},
-            "serving": {"targetAgreement": 0.9, "prunedTimeoutS": 120.0,
+            # 16 validation prompts cannot guarantee 0.9 (29 needed): the empirical cut
+            "serving": {"targetAgreement": 0.9, "prunedTimeoutS": 120.0, "calibrationDelta": None,
                         "full": {"cpus": 0.5}, "pruned": {"cpus": 0.5}, **serving},
             "cost": {"usdPerMillionTokensFull": 2.0, "usdPerMillionTokensPruned": 1.0},
         },

@@ -132,3 +132,41 @@ def test_the_serving_benchmark_merges_into_the_result_file(tmp_path, repo_root):
     out = json.loads(dest.read_text())
     assert out["frontier"] == [{"task": "rerank"}] and out["load"] == []
     assert out["overhead_ms"] == {"direct_p50": 1.0, "routed_minus_single_p50": 0.5}
+
+
+def test_stage_breakdown_splits_each_tier_wait_into_its_own_time_and_the_hop():
+    from tierserve.serving.stages import add_stages, parse_stages, stage_header
+
+    st = {"decide": 0.0412}
+    add_stages(st, "pruned", 0.025, {"replica_s": 0.020})
+    add_stages(st, "full", 0.010, {})  # a reply without replica_s: all of it is the hop
+    add_stages(st, "full", 0.004, {"replica_s": 0.005})  # clock skew never makes a negative hop
+    assert st == pytest.approx({"decide": 0.0412, "pruned_replica": 20.0, "pruned_hop": 5.0,
+                                "full_replica": 5.0, "full_hop": 10.0})
+    assert parse_stages(stage_header(st)) == pytest.approx(st, abs=1e-3)
+    assert parse_stages(None) == {}
+
+
+def test_a_colocated_router_carries_the_pruned_tier_s_resources_and_replicas():
+    full, pruned = TierSpec(), TierSpec(replicas=2, cpus=2.0, gpus=1.0)
+    opts = router_options(RouterSpec(colocate_pruned=True), full, pruned)
+    assert opts["num_replicas"] == 2
+    assert opts["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 1.0}
+    assert "ray_actor_options" not in router_options(RouterSpec(), full, pruned)  # 0-CPU router
+
+
+def test_fault_wait_counts_from_when_the_death_is_known(repo_root):
+    import sys
+
+    sys.path.insert(0, str(repo_root / "benchmarks"))
+    import serving_load as sl
+
+    # (start, seconds, status, reason); killed at t=10, the first fallback answers at t=12
+    res = [(9.0, 0.5, 200, "split"), (9.5, 2.9, 200, "fallback"), (10.5, 1.5, 200, "fallback"),
+           (12.1, 0.2, 200, "fallback"), (11.0, 1.8, 200, "fallback")]
+    known = sl._known("pruned", res, 10.0)
+    assert known == 12.0
+    # waits after t=12: 0.4 (9.5 -> 12.4), 0.2, 0.8 (11.0 -> 12.8); normal p50 0.3
+    assert sl._extra_after(res, known, 0.3) == pytest.approx(0.5)
+    assert sl._known("full", [(10.2, 0.1, 503, "")], 10.0) == pytest.approx(10.3)
+    assert sl._known("router", [(9.0, 0.5, 200, "")], 10.0) == 10.0  # nothing showed it

@@ -46,7 +46,7 @@ def distill(pruned: TaskModel, full: TaskModel, batches: Sequence[dict], steps: 
     teacher = tuple(teacher_forward(full, b, objective) for b in batches)
     data = DistillData(objective, tuple(batches), teacher, (), (), (), (), len(batches), 0)
     cfg = DistillConfig(steps=steps, lr=lr, temperature=temperature, weight_decay=weight_decay,
-                        eval_every=1)
+                        eval_every=1, schedule="constant", warmup=0.0)
     t0 = time.perf_counter()
     res = train_loop(pruned, data, cfg) if steps else None
     losses = [p["loss"] for p in res.curve if p["step"] > 0] if res else []

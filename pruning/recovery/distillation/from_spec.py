@@ -13,7 +13,7 @@ from pathlib import Path
 from .data import DistillTexts, distill_texts, greedy_continuations, read_texts
 from .loop import DistillConfig
 
-__all__ = ["distill_config", "spec_texts"]
+__all__ = ["distill_config", "distillation_hash", "distillation_path", "spec_texts"]
 
 
 def distill_config(spec) -> DistillConfig | None:
@@ -43,19 +43,39 @@ def _base(spec, data_files: dict) -> Path:
     return Path.cwd()
 
 
-def _extra_texts(spec, data_files: dict) -> list[str]:
+def distillation_path(spec, data_files: dict) -> Path | None:
+    """The local path of `spec.data.distillation.uri` (module doc), or None without one."""
     src = spec.data.distillation
     if src is None or src.uri is None:
-        return []
+        return None
     uri = src.uri
     if "://" in uri or Path(uri).is_absolute():
         from tierserve.pruning.storage import resolve
 
-        path = resolve(uri)
-    else:
-        path = (_base(spec, data_files) / uri).resolve()
+        return resolve(uri)
+    return (_base(spec, data_files) / uri).resolve()
+
+
+def distillation_hash(spec, data_files: dict) -> dict[str, str] | None:
+    """{path: sha256} of the distillation file when the spec distils with one, else None: its
+    CONTENT is part of the job's artifact key (the same content gives the same key)."""
+    if distill_config(spec) is None:
+        return None
+    path = distillation_path(spec, data_files)
+    if path is None:
+        return None
+    from tierserve.pruning.artifact import sha256_file
+
+    return {str(path): sha256_file(path)}
+
+
+def _extra_texts(spec, data_files: dict) -> list[str]:
+    path = distillation_path(spec, data_files)
+    if path is None:
+        return []
     texts = read_texts(path, spec.data.text_field)
-    return texts[: src.limit] if src.limit else texts
+    limit = spec.data.distillation.limit
+    return texts[:limit] if limit else texts
 
 
 def spec_texts(spec, calibration, full, data_files: dict) -> DistillTexts:

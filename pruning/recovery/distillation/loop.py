@@ -4,13 +4,17 @@ Step s of a run with W workers trains worker r on batch (s x W + r) mod n_batche
 in Ray Train does exactly what the in-process loop does (same seed, same model). Stopping: the
 step budget, the wall-time budget (`max_seconds`; all workers stop at the same step) and early
 stop after `patience` validations without a better validation agreement. The best validated
-weights (step 0, the undistilled model, included) are kept. Models stay in eval mode (no
-dropout), so a run is deterministic; the input embedding table is frozen (few calibration texts
-should not move token vectors that the rest of the vocabulary shares).
+weights (step 0, the undistilled model, included) are kept. The learning rate follows the budget
+used (the larger of steps/total and seconds/max_seconds, the largest over the workers): a linear
+warm-up, then cosine decay to 0 as the budget ends (`schedule`, `warmup`). Models stay in eval
+mode (no dropout), so a run with a step budget is deterministic; the input embedding table is
+frozen (few calibration texts should not move token vectors that the rest of the vocabulary
+shares).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,8 +28,8 @@ from .checkpoint import CheckpointStore
 from .data import DistillData
 from .objectives import HiddenMaps, Objective, hidden_loss, objective_loss, student_forward
 
-__all__ = ["DistillConfig", "LoopResult", "OnProgress", "train_loop", "trainable", "unwrap",
-           "val_agreement"]
+__all__ = ["DistillConfig", "LoopResult", "OnProgress", "lr_factor", "train_loop", "trainable",
+           "unwrap", "val_agreement"]
 
 OnProgress = Callable[[int, int | None, float, float | None, float], None]
 # (step, total or None, loss, val_agreement or None, fraction of the budget used)
@@ -35,8 +39,11 @@ OnProgress = Callable[[int, int | None, float, float | None, float], None]
 class DistillConfig:
     steps: int = 0  # optimizer steps (0 with max_seconds: until the wall-time budget)
     max_seconds: float | None = None  # wall-time budget of the loop
-    lr: float = 5e-5
+    lr: float = 1e-4  # peak learning rate (after warm-up); the spec's default too
     batch_size: int = 32
+    schedule: str = "cosine"  # cosine | constant: lr over the budget used (steps or seconds)
+    warmup: float = 0.05  # fraction of the budget with a linear warm-up to `lr`
+    bucket: bool = True  # batches of similar token length: less padding, cheaper steps
     temperature: float = 2.0
     objective: str = "auto"  # auto | embedding | logits | tokens
     hidden_states: bool = False
@@ -82,6 +89,34 @@ def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     emb = bare.get_input_embeddings() if hasattr(bare, "get_input_embeddings") else None
     frozen = getattr(emb, "weight", None)
     return [p for p in model.parameters() if p.is_floating_point() and p is not frozen]
+
+
+def lr_factor(cfg: DistillConfig, fraction: float) -> float:
+    """The schedule's multiplier of `cfg.lr` once `fraction` (0..1) of the budget is used:
+    linear warm-up over `cfg.warmup`, then cosine decay to 0 (or constant)."""
+    f = min(max(fraction, 0.0), 1.0)
+    if cfg.warmup > 0 and f < cfg.warmup:
+        return f / cfg.warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * (f - cfg.warmup) / max(1e-9, 1.0 - cfg.warmup)))
+
+
+def _fraction(cfg: DistillConfig, step: int, elapsed: float) -> float:
+    """The budget used after `step` optimizer steps and `elapsed` seconds (the larger one)."""
+    return max(step / cfg.total if cfg.steps else 0.0,
+               elapsed / cfg.max_seconds if cfg.max_seconds else 0.0)
+
+
+def _synced_max(x: float) -> float:
+    """The largest `x` over the workers (all workers then take the same branch / lr)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 def _agree(flag: bool) -> bool:
@@ -240,8 +275,8 @@ def train_loop(tm: TaskModel, data: DistillData, cfg: DistillConfig, *, rank: in
     stopped, loss_v = "steps", float("nan")
     with grad_only(tm.model, st.params), torch.enable_grad():
         while st.step < cfg.total:
-            elapsed = time.perf_counter() - t0
-            if _agree(cfg.max_seconds is not None and elapsed >= cfg.max_seconds):
+            elapsed = _synced_max(time.perf_counter() - t0)
+            if cfg.max_seconds is not None and elapsed >= cfg.max_seconds:
                 stopped = "time"
                 break
             k = (st.step * world + rank) % len(data.train)
@@ -249,6 +284,8 @@ def train_loop(tm: TaskModel, data: DistillData, cfg: DistillConfig, *, rank: in
             st.opt.zero_grad(set_to_none=True)
             loss.backward()
             _sync_grads(st.map_params)
+            for g in st.opt.param_groups:  # the step's lr: budget used once this step is done
+                g["lr"] = cfg.lr * lr_factor(cfg, _fraction(cfg, st.step + 1, elapsed))
             st.opt.step()
             st.step, loss_v = st.step + 1, float(loss.detach())
             if st.step == 1 and st.curve and st.curve[0]["step"] == 0:
@@ -259,8 +296,7 @@ def train_loop(tm: TaskModel, data: DistillData, cfg: DistillConfig, *, rank: in
                 if store is not None and rank == 0:
                     store.save(st.snapshot())
                 if on_progress is not None:
-                    frac = max(st.step / cfg.total if cfg.steps else 0.0,
-                               st.elapsed / cfg.max_seconds if cfg.max_seconds else 0.0)
+                    frac = _fraction(cfg, st.step, st.elapsed)
                     on_progress(st.step, cfg.steps or None, loss_v, agree, min(1.0, frac))
                 if _agree(cfg.patience > 0 and st.bad >= cfg.patience):
                     stopped = "early-stop"

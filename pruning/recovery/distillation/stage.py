@@ -52,7 +52,8 @@ def distill_stage(student: TaskModel, teacher: TaskModel, texts: DistillTexts, c
     t0 = time.perf_counter()
     objective = choose_objective(student, cfg.objective)
     layers = tuple(kept_layers) if cfg.hidden_states else None
-    data = build_data(teacher, texts, objective, cfg.batch_size, seed=cfg.seed, layers=layers)
+    data = build_data(teacher, texts, objective, cfg.batch_size, seed=cfg.seed, layers=layers,
+                      bucket=cfg.bucket)
     teacher_s = time.perf_counter() - t0
     store = CheckpointStore(ckpt_dir, fingerprint) if ckpt_dir is not None else None
     d_teacher = int(teacher.model.config.hidden_size) if cfg.hidden_states else None
@@ -69,6 +70,7 @@ def distill_stage(student: TaskModel, teacher: TaskModel, texts: DistillTexts, c
     details = {"objective": objective.value, "texts": data.texts, "val_texts": data.val_texts,
                "teacher_cache_seconds": teacher_s, "stopped": res.stopped,
                "best_val_agreement": res.best_agreement, "lr": cfg.lr,
+               "schedule": cfg.schedule, "warmup": cfg.warmup, "bucket": cfg.bucket,
                "batch_size": cfg.batch_size, "precision": cfg.precision,
                "hidden_states": cfg.hidden_states, "max_seconds": cfg.max_seconds,
                "val_cosine": [p.get("val_cosine") for p in res.curve]}
