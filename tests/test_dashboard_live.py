@@ -163,7 +163,8 @@ class Traffic:
     def stop(self) -> None:
         self.stop_event.set()
         for t in self.threads:
-            t.join(timeout=70)
+            if t.ident is not None:  # never started when the run failed first: keep its error
+                t.join(timeout=70)
 
     def _loop(self) -> None:
         import httpx
