@@ -8,8 +8,10 @@
    `x-tierserve-router-ms` header) is reported beside it.
    The fair baseline: the same request to a single-tier app (serving/single.py: the pruned tier
    as its own ingress) behind the same proxy; `overhead_ms.routed_minus_single_p50` is the
-   router's hop, `colocated_minus_single_p50` the same with `serving.router.colocatePruned`
-   (app `colo`), and `*_stages_p50` where the time goes (serving/stages.py headers).
+   router's hop in the default configuration (`serving.router.colocatePruned: true`, app
+   `colo`: pruned answers inside the router replica), `separate_minus_single_p50` the same with
+   a pruned deployment of its own (app `bench`), and `*_stages_p50` where the time goes
+   (serving/stages.py headers).
 2. Throughput at saturation on this machine's 2 cores: 16 concurrent HTTP clients, cascade.
 3. Split vs cascade: every test-split rerank request answered by BOTH tiers through their
    handles (outputs and measured compute seconds); each policy row then applies the pure
@@ -17,8 +19,11 @@
    Savings = 1 - cost / all-full cost, priced by replica time. A live cascade row replays the
    same requests through the router and reads the stats actor.
 4. Load table (`load`): 1/4/16/64 closed-loop clients for a one-query (1q) and a 32-text (32t)
-   /v1/embed body: throughput, p50, p99, errors (503s from back-pressure count as errors).
-5. Fault table (`faults`): the same load while the pruned, full, then router replica is killed.
+   /v1/embed body against the default configuration (app `colo`): throughput, p50, p99, errors
+   (503s from back-pressure count as errors).
+5. Fault table (`faults`): the same load while the pruned, full, then router replica is killed,
+   against app `bench` (a pruned replica of its own to kill; colocated, pruned dies with the
+   router, which is the router row).
    (benchmarks/serving_load.py has both.)
 `--only load,faults` runs a subset; `--smoke` runs tiny sizes (proves it works, numbers mean
 nothing) into runs/serving-smoke.json. Merges into benchmarks/results/serving.json (other keys,
@@ -154,12 +159,13 @@ def _table(result: dict) -> str:
     if "single_p50" in o:
         lines += [f"| HTTP -> proxy -> single-tier app (same model) | {o['single_p50']:.2f} ms | "
                   f"{o['single_p99']:.2f} ms |",
-                  f"| routed - single (the router's hop) | {o['routed_minus_single_p50']:.2f} ms | "
-                  f"{o['routed_minus_single_p99']:.2f} ms |"]
-    if "colocated_minus_single_p50" in o:
-        lines.append(f"| colocated pruned - single | {o['colocated_minus_single_p50']:.2f} ms | "
-                     f"{o['colocated_minus_single_p99']:.2f} ms |")
-    for mode in ("routed", "colocated"):
+                  f"| routed - single (the router's hop, default: pruned colocated) | "
+                  f"{o['routed_minus_single_p50']:.2f} ms | {o['routed_minus_single_p99']:.2f} ms |"]
+    if "separate_minus_single_p50" in o:
+        lines.append(f"| routed to a separate pruned deployment - single | "
+                     f"{o['separate_minus_single_p50']:.2f} ms | "
+                     f"{o['separate_minus_single_p99']:.2f} ms |")
+    for mode in ("routed", "separate"):
         if f"{mode}_stages_p50" in o:
             parts = ", ".join(f"{k} {v:.3f}" for k, v in o[f"{mode}_stages_p50"].items())
             lines.append(f"\n{mode} stages, p50 ms: {parts}")
@@ -177,10 +183,11 @@ def _table(result: dict) -> str:
         lines += [f"| {r['body']} | {r['clients']} | {r['rps']:.1f} | {r['p50_ms']:.0f} ms | "
                   f"{r['p99_ms']:.0f} ms | {r['errors']} |" for r in result["load"]]
     if result.get("faults"):
-        lines += ["", "| kill | failed | requests | max extra wait | lost metric events |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "| kill | failed | requests | max extra wait | lost metric events | "
+                  "failure window | recovered |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['kill']} | {r['failed']} | {r['requests']} | "
-                  f"{r['max_extra_wait_s']:.2f} s | {r['lost_metric_events']} |"
+                  f"{r['max_extra_wait_s']:.2f} s | {r['lost_metric_events']} | "
+                  f"{r.get('failure_window_s', float('nan')):.1f} s | {r.get('recovered', '-')} |"
                   for r in result["faults"]]
     return "\n".join(lines)
 
@@ -258,7 +265,9 @@ def _start(args):
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     doc = yaml.safe_load(Path(args.spec).read_text())
     spec_doc = _absolute_model_uri(doc.get("spec", doc), base)
-    serve.run(build_app({"name": "bench", "spec": spec_doc, "report": str(Path(args.out).resolve())}),
+    separate = dict(spec_doc.get("serving") or {})  # a pruned deployment of its own (handles, faults)
+    separate["router"] = {**(separate.get("router") or {}), "colocatePruned": False}
+    serve.run(build_app({"name": "bench", "spec": {**spec_doc, "serving": separate}, "report": str(Path(args.out).resolve())}),
               name="bench", route_prefix="/")
     return spec, base, report, spec_doc
 
@@ -285,10 +294,9 @@ def _run_sections(args, sections: set[str], spec, base, report, spec_doc, save=N
 
         serve.run(build_single({"spec": spec_doc, "artifact": report["artifact"]["uri"]}),
                   name="single", route_prefix="/single")
-        _run_colocated(spec_doc, args.out)
-        ov.update(sl.overhead_vs_single(url, f"{url}/single", args.overhead_n, f"{url}/colo"))
+        _run_default(spec_doc, args.out)
+        ov.update(sl.overhead_vs_single(f"{url}/colo", f"{url}/single", args.overhead_n, url))
         serve.delete("single")
-        serve.delete("colo")
         result.update(router_overhead_p50_ms=ov["overhead_p50"],
                       router_overhead_p99_ms=ov["overhead_p99"], overhead_ms=ov)
         if save:
@@ -307,7 +315,8 @@ def _run_sections(args, sections: set[str], spec, base, report, spec_doc, save=N
                        [d for r in reqs for d in r.body["documents"]])
     if "load" in sections:
         levels = [int(c) for c in args.clients.split(",")]
-        result["load"] = sl.load_table(url, bodies, levels, args.load_seconds, say)
+        _run_default(spec_doc, args.out)
+        result["load"] = sl.load_table(f"{url}/colo", bodies, levels, args.load_seconds, say)
         if save:  # a later section that hangs or is killed loses only itself
             save(result)
     if "faults" in sections:
@@ -316,12 +325,15 @@ def _run_sections(args, sections: set[str], spec, base, report, spec_doc, save=N
     return result
 
 
-def _run_colocated(spec_doc: dict, out: str) -> None:
-    """The same app with `serving.router.colocatePruned: true`, at /colo (app `colo`)."""
+def _run_default(spec_doc: dict, out: str) -> None:
+    """The spec's app as `tierserve` deploys it (`serving.router.colocatePruned`, default true),
+    at /colo (app `colo`); once."""
     from ray import serve
 
     from tierserve.serving.app import build_app
 
+    if "colo" in serve.status().applications:
+        return
     serving = dict(spec_doc.get("serving") or {})
     serving["router"] = {**(serving.get("router") or {}), "colocatePruned": True}
     serve.run(build_app({"name": "colo", "spec": {**spec_doc, "serving": serving},

@@ -5,13 +5,15 @@
 - `fault_table`: closed-loop /v1/rerank load (routed by the spec's policy: cascade asks pruned
   first) while one replica is killed (pruned, full, router): rows
   {kill, failed, requests, max_extra_wait_s, lost_metric_events} (+ known_after_s,
-  max_extra_wait_from_kill_s). `max_extra_wait_s` is the longest wait beyond the normal p50
+  max_extra_wait_from_kill_s, failure_window_s: first to last failed answer, recovered: answers
+  came back after it). `max_extra_wait_s` is the longest wait beyond the normal p50
   counted from when the death is known (the first answer that shows it: a fallback, a 503, a
   failure); `max_extra_wait_from_kill_s` counts from the kill instead (the old measure);
   `lost_metric_events` is the answered requests missing from `tierserve_requests_total`.
-- `overhead_vs_single`: the same rerank request through the router (`X-Tier: pruned`), through a
-  router serving pruned itself (`colocatePruned`) and to a single-tier app behind the same proxy
-  (serving/single.py), alternated: routed - single, with each routed path's stage breakdown.
+- `overhead_vs_single`: the same rerank request (`X-Tier: pruned`) through the router as deployed
+  by default (pruned inside the router replica, `colocatePruned`), through a router with a
+  separate pruned deployment, and to a single-tier app behind the same proxy (serving/single.py),
+  alternated: routed - single, with each routed path's stage breakdown.
 """
 
 from __future__ import annotations
@@ -140,8 +142,19 @@ def fault_table(url: str, app: str, body: dict, clients: int, seconds: float,
                      "max_extra_wait_s": _extra_after(res, known, p50),
                      "known_after_s": known - killed[0],
                      "max_extra_wait_from_kill_s": max(0.0, max(after_kill, default=p50) - p50),
-                     "lost_metric_events": max(0, answered - int(_requests_total(url) - before))})
+                     "lost_metric_events": max(0, answered - int(_requests_total(url) - before)),
+                     **_window(res)})
     return rows
+
+
+def _window(res: list) -> dict:
+    """How long clients saw failures (first to last failed answer) and whether answers came
+    back after it without a restart by hand."""
+    bad = sorted(t + d for t, d, s, _ in res if s != 200)
+    if not bad:
+        return {"failure_window_s": 0.0, "recovered": True}
+    return {"failure_window_s": bad[-1] - bad[0],
+            "recovered": any(s == 200 and t >= bad[-1] for t, _, s, _ in res)}
 
 
 def _known(kill: str, res: list, killed_at: float) -> float:
@@ -185,17 +198,18 @@ def _breakdown(samples: list[dict], client_s: list[float]) -> dict:
     return out
 
 
-def overhead_vs_single(url: str, single_url: str, n: int, colocated_url: str | None = None) -> dict:
-    """The same rerank request through the router (`X-Tier: pruned`), through a router that
-    serves pruned itself (`colocated_url`, when given) and to a single-tier app behind the same
-    proxy, alternated so load drift hits all alike; each routed path's stage breakdown from its
-    headers (serving/stages.py)."""
+def overhead_vs_single(url: str, single_url: str, n: int, separate_url: str | None = None) -> dict:
+    """The same rerank request through the router as deployed by default (`url`: pruned served
+    inside the router replica), through a router with a pruned deployment of its own
+    (`separate_url`, when given) and to a single-tier app behind the same proxy, alternated so
+    load drift hits all alike; each routed path's stage breakdown from its headers
+    (serving/stages.py)."""
     import httpx
 
     body = {"query": "python web framework", "documents": ["a web framework", "a chess game"]}
     paths = {"routed": (f"{url}/v1/rerank", PRUNED_HDR), "single": (f"{single_url}/v1/rerank", {})}
-    if colocated_url:
-        paths["colocated"] = (f"{colocated_url}/v1/rerank", PRUNED_HDR)
+    if separate_url:
+        paths["separate"] = (f"{separate_url}/v1/rerank", PRUNED_HDR)
     got: dict[str, tuple[list, list]] = {k: ([], []) for k in paths}
     with httpx.Client(timeout=60) as c:
         for i in range(n + 10):  # the first 10 warm every path

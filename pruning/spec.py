@@ -229,9 +229,11 @@ class RouterSpec(_Model):
         "Requests the HTTP proxy queues for the router; default = maxOngoingRequests. Beyond: 503"))
     retry_after_s: float = Field(1.0, ge=0.0, le=3600.0, description="Retry-After on a 503 (rounded up)")
     commit_metrics: bool = Field(True, description=(
-        "A reply leaves only once its metric events are in the stats actor (a killed router loses "
-        "no answered request); false saves that actor round trip per reply but may lose the last ones"))
-    colocate_pruned: bool = Field(False, description=(
+        "A reply leaves only once its metric events are in the router replica's write-ahead "
+        "journal on local disk ($TIERSERVE_JOURNAL_DIR, default <tmp>/tierserve-journal), which a "
+        "restarted replica replays: a killed router loses no answered request; false: no journal, "
+        "events go to the stats actor fire-and-forget and a killed router may lose the last ones"))
+    colocate_pruned: bool = Field(True, description=(
         "Serve the pruned model inside each router replica: routine traffic takes one hop, only "
         "escalations and full-routed requests a second. The router then takes spec.serving.pruned's "
         "replicas and resources, and there is no separate pruned deployment"))

@@ -79,6 +79,13 @@ def router_options(r: RouterSpec, full: TierSpec, pruned: TierSpec) -> dict:
             "backpressure_config": {"status_code": 503, "retry_after_s": r.retry_after_s}}
     if r.colocate_pruned:
         opts["ray_actor_options"] = {"num_cpus": pruned.cpus, "num_gpus": pruned.gpus}
+        if pruned.max_replicas is not None and pruned.max_replicas > replicas:
+            # the router scales as pruned would have: routine traffic is its load now
+            del opts["num_replicas"]
+            opts["autoscaling_config"] = {"min_replicas": replicas, "initial_replicas": replicas,
+                                          "max_replicas": pruned.max_replicas,
+                                          "target_ongoing_requests":
+                                              capacity_of(pruned).target_ongoing}
     return opts
 
 

@@ -1,17 +1,21 @@
 """The router's guards on the request path (issue 14), as a mixin of `Router`: admission by size
 (413), bounded full calls (503 + Retry-After on back-pressure, timeout or a down tier), per-tier
-circuits opened by actor-death errors or silent health checks and closed by a probe, and events
-in the stats actor before each answer leaves (`_commit`; refusals and streams are sent
-fire-and-forget).
+circuits opened by actor-death errors or silent health checks and closed by a probe, and each
+answer's metric events in the replica's write-ahead journal before it leaves (`_commit`,
+journal.py), shipped to the stats actor in the background and replayed from a dead replica's
+journal by its successor (`_recover`).
 
 It expects from `Router`: `tiers`, `budget`, `circuits`, `opened`, `up`, `events`, `stats`,
 `background`, `probe_s`, `retry_after_s` and `_timed_ask` / `_account`.
 """
 
 import asyncio
+import contextlib
 import logging
 import math
+import os
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 from fastapi import HTTPException
@@ -19,6 +23,7 @@ from ray.serve.exceptions import BackPressureError
 
 from .breaker import MISSES_TO_OPEN, is_death
 from .capacity import estimate_tokens
+from .journal import RECOVER_EVERY_S, Journal, journal_dir, orphans
 from .metrics import Events
 from .policy import FULL, PRUNED
 
@@ -28,7 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["Guard", "TierDown", "Unavailable"]
 
 log = logging.getLogger("tierserve.serving")
-COMMIT_TIMEOUT_S = 2.0  # a stats actor that does not answer delays replies at most this much
+COMMIT_TIMEOUT_S = 2.0  # one push to the stats actor (replies never wait on it)
+PUSH_RETRY_S = 1.0
 
 
 async def _await(response):
@@ -55,41 +61,99 @@ class TierDown(Exception):
 class Guard:
     """Mixin of `Router`: admission, bounded full calls, circuits, answer-time metrics."""
 
-    async def _commit(self) -> None:
-        """Wait until the events buffered so far are in the stats actor (group commit: requests
-        answered while a push is in flight share the next one). A router killed after this
-        loses nothing it answered; metrics failures never fail the request."""
-        fut = getattr(self, "_next_commit", None)
-        if fut is None:
-            fut = self._next_commit = asyncio.get_running_loop().create_future()
-            if not getattr(self, "_pushing", False):
-                self._pushing = True
-                task = asyncio.get_running_loop().create_task(self._pusher())
-                self.background.add(task)
-                task.add_done_callback(self.background.discard)
-        await asyncio.shield(fut)
+    def _open_journal(self, model: str, root: str | None) -> None:
+        """This replica's write-ahead journal (journal.py), or None when it cannot be opened
+        (events then reach the actor fire-and-forget, and a killed router may lose the last ones)."""
+        self.journal, self.seq, self._pending = None, 0, Events()
+        self.source = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"  # without a journal
+        self._head: tuple[Events, int] | None = None  # the batch on its way to the actor
+        self._pushing, self._recovered_at = False, -math.inf
+        if not self.commit_metrics:
+            return
+        try:
+            import ray
+
+            node = ray.get_runtime_context().get_node_id()
+            self.journal = Journal(journal_dir(model, node, root))
+        except Exception as err:  # noqa: BLE001 - metrics must never break serving
+            log.warning("metrics journal unavailable (%s): a killed router may lose the events of "
+                        "its last replies", _brief(err))
+
+    def _commit(self) -> None:
+        """Record the events buffered so far before the reply leaves: one append to the journal
+        (a router killed after this loses nothing it answered; journal.py), then hand them to
+        the pusher. Never fails the request."""
+        ev, self.events = self.events, Events()
+        if ev.empty() and ev.cost_ratio is None:
+            return
+        self.seq += 1
+        if self.journal is not None:
+            try:
+                self.journal.append(self.seq, ev)
+            except OSError as err:  # noqa: BLE001 - a full disk must not fail replies
+                log.warning("metrics journal write failed: %s", _brief(err))
+        self._pending.merge(ev)
+        self._kick()
+
+    _push_now = _commit  # refusals and streams: recorded the same way
+
+    def _kick(self) -> None:
+        if not self._pushing:
+            self._pushing = True
+            task = asyncio.get_running_loop().create_task(self._pusher())
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
 
     async def _pusher(self) -> None:
+        """Ship batches to the stats actor in order, each tagged `(source, upto)` so a resend is
+        applied once; a failed push is retried (the journal keeps it meanwhile)."""
+        source = self.journal.source if self.journal is not None else self.source
         try:
-            while (fut := getattr(self, "_next_commit", None)) is not None:
-                self._next_commit = None
-                ev, self.events = self.events, Events()
+            while True:
+                if self._head is None:
+                    if self._pending.empty() and self._pending.cost_ratio is None:
+                        return
+                    self._head, self._pending = (self._pending, self.seq), Events()
+                ev, upto = self._head
                 try:
-                    self._share(await asyncio.wait_for(_await(self.stats.push.remote(ev)),
-                                                       COMMIT_TIMEOUT_S))
+                    state = await asyncio.wait_for(
+                        _await(self.stats.push.remote(ev, source, upto)), COMMIT_TIMEOUT_S)
                 except Exception as err:  # noqa: BLE001 - metrics must never break serving
-                    log.warning("stats push failed: %s", _brief(err))
-                fut.set_result(None)
+                    log.warning("stats push failed, retrying in %.0f s: %s", PUSH_RETRY_S,
+                                _brief(err))
+                    await asyncio.sleep(PUSH_RETRY_S)
+                    continue
+                self._head = None
+                self._share(state)
+                if self.journal is not None:
+                    with contextlib.suppress(OSError):
+                        self.journal.acked(upto)
         finally:
             self._pushing = False
 
-    def _push_now(self) -> None:
-        """Send the buffered events to the stats actor now (fire-and-forget)."""
-        ev, self.events = self.events, Events()
-        try:
-            self.stats.push.remote(ev)
-        except Exception as err:  # noqa: BLE001 - metrics must never break serving
-            log.warning("stats push failed: %s", _brief(err))
+    async def _recover(self) -> None:
+        """Replay journals of dead router replicas on this node (journal.py): what the actor has
+        not applied yet, once. At start, then every `RECOVER_EVERY_S`."""
+        now = time.monotonic()
+        if self.journal is None or now - self._recovered_at < RECOVER_EVERY_S:
+            return
+        self._recovered_at = now
+        for orphan in orphans(self.journal.dir, own=self.journal.source):
+            try:
+                after = await asyncio.wait_for(
+                    _await(self.stats.applied_upto.remote(orphan.source)), COMMIT_TIMEOUT_S)
+                ev, last = orphan.entries(after)
+                if last > after:
+                    await asyncio.wait_for(
+                        _await(self.stats.push.remote(ev, orphan.source, last)), COMMIT_TIMEOUT_S)
+                    log.warning("replayed %d metric batch(es) of a dead router replica (%s)",
+                                last - after, orphan.source)
+                self.stats.forget.remote(orphan.source)
+                orphan.done(self.journal.dir)
+            except Exception as err:  # noqa: BLE001 - kept for the next round
+                os.close(orphan.lock_fd)
+                self._recovered_at = -math.inf
+                log.warning("could not replay journal %s: %s", orphan.source, _brief(err))
 
     def _admit(self, texts: list[str]) -> int:
         """The request's estimated input tokens; 413 when no tier could answer it in time."""

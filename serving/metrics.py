@@ -1,10 +1,11 @@
 """The metrics of contract 3, kept in ONE place per model so every router replica adds to the same
 counters: a named, detached Ray actor (`Stats`) owns a prometheus-client registry, the shadow
 agreement window and the fallback switch. A router replica's reply leaves only once its events
-are in the actor (a group commit, serving/guard.py), so a killed router loses at most the
-requests it had in flight, never an answered one;
-what is not tied to an answer (shadow outcomes, tier health) is pushed every `FLUSH_S` seconds,
-and that reply carries the shared shadow state back. Tiers charge the replica time of cancelled
+are in the replica's write-ahead journal (serving/journal.py), which a background pusher ships
+here in order and a dead replica's successor replays (each batch applied once, by its journal id
+and sequence number), so a killed router loses at most the requests it had in flight, never an
+answered one; what is not tied to an answer (shadow outcomes, tier health) goes the same way
+every `FLUSH_S` seconds, and each push's reply carries the shared shadow state back. Tiers charge the replica time of cancelled
 calls here too (`charge_abandoned`), so cost counts what really ran.
 
 Why an actor and not prometheus-client's multiprocess mode: replicas of one app run on several
@@ -17,7 +18,7 @@ and, proxied, by the router at `/metrics`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -133,7 +134,57 @@ class Events:
     def empty(self) -> bool:
         return not (self.requests or self.shadow or self.cost or self.tier_up or self.tokens
                     or self.escalations or self.fallbacks or self.truncated or self.cancelled
-                    or self.rejected or self.circuit_open)
+                    or self.rejected or self.circuit_open or self.escalated_items
+                    or self.counterfactual)
+
+    def merge(self, other: Events) -> Events:
+        """Add `other` (later) into this one: counts add up, states (`tier_up`, `circuit_open`,
+        `cost_ratio`) take the later value."""
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if f.name in _LATEST:
+                if isinstance(mine, dict):
+                    mine.update(theirs)
+                elif theirs is not None:
+                    setattr(self, f.name, theirs)
+            elif isinstance(mine, dict):
+                for k, v in theirs.items():
+                    mine[k] = mine.get(k, 0) + v
+            elif isinstance(mine, list):
+                mine.extend(theirs)
+            else:
+                setattr(self, f.name, mine + theirs)
+        return self
+
+    def to_json(self) -> dict:
+        """Plain JSON (the router's journal): tuple keys become lists `[*key, value]`."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, dict) and any(isinstance(k, tuple) for k in v):
+                v = [[*k, n] for k, n in v.items()]
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_json(cls, doc: dict) -> Events:
+        ev = cls()
+        for f in fields(cls):
+            if f.name not in doc:
+                continue
+            v = doc[f.name]
+            if f.name in _TUPLE_KEYS:
+                v = {tuple(row[:-1]): row[-1] for row in v} if isinstance(v, list) else {}
+            elif f.name in ("durations",):
+                v = [(t, float(s)) for t, s in v]
+            elif f.name == "cost_ratio" and v is not None:
+                v = (float(v[0]), str(v[1]))
+            setattr(ev, f.name, v)
+        return ev
+
+
+_LATEST = ("tier_up", "circuit_open", "cost_ratio")
+_TUPLE_KEYS = ("requests", "tokens")
 
 
 class Stats:
@@ -148,6 +199,7 @@ class Stats:
         self.served = {"full": 0, "pruned": 0}
         self.spent, self.would = 0.0, 0.0
         self.port: int | None = None
+        self.applied: dict[str, int] = {}  # journal source -> last sequence number applied
 
     def _zeros(self, model: str) -> None:
         """Create every labelled series at 0, so dashboards and rate() see them from the start."""
@@ -169,8 +221,14 @@ class Stats:
         for gauge in (m.shadow_active, m.savings, m.pruned_share):
             gauge.labels(model).set(0)
 
-    def push(self, ev: Events) -> dict:
-        """Apply one replica's events; returns the shared state the router acts on."""
+    def push(self, ev: Events, source: str | None = None, upto: int | None = None) -> dict:
+        """Apply one replica's events; returns the shared state the router acts on. A batch
+        tagged `(source, upto)` (a router journal's id and last sequence number, journal.py) is
+        applied once: a resent or replayed batch at or below what this source reached is skipped."""
+        if source is not None and upto is not None:
+            if upto <= self.applied.get(source, 0):
+                return self.state()
+            self.applied[source] = upto
         m, name = self.m, self.model
         for (tier, reason), n in ev.requests.items():
             m.requests.labels(name, tier, reason).inc(n)
@@ -216,6 +274,14 @@ class Stats:
                 self.m.shadow_active.labels(self.model).set(1 if self.monitor.active else 0)
         if self.monitor.agreement is not None:
             self.m.shadow_agreement.labels(self.model).set(self.monitor.agreement)
+
+    def applied_upto(self, source: str) -> int:
+        """The last journal sequence number of `source` applied here (0: none)."""
+        return self.applied.get(source, 0)
+
+    def forget(self, source: str) -> None:
+        """A replayed journal is gone: its source never pushes again."""
+        self.applied.pop(source, None)
 
     def state(self) -> dict:
         return {"shadow_fallback_active": self.monitor.active,

@@ -53,7 +53,7 @@ from .escalation import (
     rerank_subrequest,
 )
 from .generate import GenerateRequest, GenerateResponse, answer_fields, sse
-from .guard import Guard, Unavailable, _await, _brief
+from .guard import COMMIT_TIMEOUT_S, Guard, Unavailable, _await, _brief
 from .metrics import FLUSH_S, Events, stats_actor
 from .openai_api import OpenAIRoutes
 from .policy import (
@@ -149,6 +149,7 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
         self.up = {FULL: True, PRUNED: True}
         self.flusher: asyncio.Task | None = None
         self.background: set[asyncio.Task] = set()
+        self._open_journal(self.name, None)  # guard.py / journal.py
 
     # -- endpoints ------------------------------------------------------------------------------
     @api.post("/v1/embed", response_model=EmbedResponse)
@@ -347,10 +348,7 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
             f.reply = await self._full(f)
         self._finish(f)
         t_commit = time.perf_counter()
-        if self.commit_metrics:
-            await self._commit()  # in the stats actor before the reply leaves (guard.py)
-        else:
-            self._push_now()  # sent before the reply is (guard.py)
+        self._commit()  # in the replica's journal before the reply leaves (guard.py)
         f.stages["commit"] = 1000 * (time.perf_counter() - t_commit)
         request.state.router_ms = 1000 * (time.perf_counter() - f.t0 - sum(f.waited))
         if response is not None:
@@ -425,13 +423,16 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
         n = 0
         while True:
             if n % HEALTH_EVERY == 0:
+                await self._recover()  # dead replicas' journals first (guard.py)
                 await self._health()
             n += 1
-            ev, self.events = self.events, Events()
-            try:
-                self._share(await self.stats.push.remote(ev))
-            except Exception as err:  # noqa: BLE001 - metrics must never break serving
-                log.warning("stats push failed: %s", _brief(err))
+            self._commit()  # health, shadow outcomes: shipped by the pusher
+            if not self._pushing:  # nothing on its way: fetch the shared shadow state
+                try:
+                    self._share(await asyncio.wait_for(_await(self.stats.state.remote()),
+                                                       COMMIT_TIMEOUT_S))
+                except Exception as err:  # noqa: BLE001 - metrics must never break serving
+                    log.warning("stats actor did not answer: %s", _brief(err))
             await asyncio.sleep(FLUSH_S)
 
     def _share(self, state: dict) -> None:

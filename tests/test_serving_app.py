@@ -78,6 +78,7 @@ def _spec(repo_root, dest) -> dict:
         "prunedTimeoutS": 3.0, "maxItems": 32, "maxRequestBytes": 20000,
         "rules": {"fullTenants": ["acme"], "fullPriorities": ["high"], "maxPrunedTokens": 200},
         "full": {"cpus": 0.5}, "pruned": {"cpus": 0.5},
+        "router": {"colocatePruned": False},  # a pruned deployment of its own: tests break and kill it
     }
     return doc
 

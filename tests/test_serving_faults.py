@@ -32,7 +32,7 @@ SERVING = {
     "fullTimeoutS": 30.0, "maxTimeoutS": 31.2, "circuitProbeS": 0.25,
     "full": {"cpus": 0.5, "maxOngoingRequests": 2, "maxQueuedRequests": 2},
     "pruned": {"cpus": 0.5},
-    "router": {"retryAfterS": 2},
+    "router": {"retryAfterS": 2, "colocatePruned": False},  # a pruned replica of its own to kill
 }
 
 

@@ -34,14 +34,15 @@ def test_capacity_follows_replicas_and_batch_sizes():
 def test_router_admits_what_its_tiers_can_hold():
     full, pruned = TierSpec(max_batch_size=16), TierSpec(replicas=2, max_batch_size=16)
     holds = (32 * 1 + 64) + (32 * 2 + 128)  # each tier: ongoing x replicas + queued
-    r = router_options(RouterSpec(), full, pruned)
+    r = router_options(RouterSpec(colocate_pruned=False), full, pruned)  # pruned: own replicas
     assert r["max_ongoing_requests"] == holds and r["max_queued_requests"] == holds
     assert r["backpressure_config"]["retry_after_s"] == 1.0
-    two = router_options(RouterSpec(replicas=2), full, pruned)
+    two = router_options(RouterSpec(replicas=2, colocate_pruned=False), full, pruned)
     assert two["max_ongoing_requests"] == holds // 2 and two["num_replicas"] == 2
     tiny = router_options(RouterSpec(), TierSpec(max_batch_size=1), TierSpec(max_batch_size=1))
     assert tiny["max_ongoing_requests"] == 16  # never below the floor
-    own = router_options(RouterSpec(max_ongoing_requests=3, max_queued_requests=4), full, pruned)
+    own = router_options(RouterSpec(max_ongoing_requests=3, max_queued_requests=4,
+                                    colocate_pruned=False), full, pruned)
     assert (own["max_ongoing_requests"], own["max_queued_requests"]) == (3, 4)
     assert tier_capacity(16, 0, None).replicas == 1  # scale-to-zero still sizes one replica
 
@@ -149,10 +150,14 @@ def test_stage_breakdown_splits_each_tier_wait_into_its_own_time_and_the_hop():
 
 def test_a_colocated_router_carries_the_pruned_tier_s_resources_and_replicas():
     full, pruned = TierSpec(), TierSpec(replicas=2, cpus=2.0, gpus=1.0)
-    opts = router_options(RouterSpec(colocate_pruned=True), full, pruned)
+    opts = router_options(RouterSpec(), full, pruned)  # colocated: the default
     assert opts["num_replicas"] == 2
     assert opts["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 1.0}
-    assert "ray_actor_options" not in router_options(RouterSpec(), full, pruned)  # 0-CPU router
+    separate = router_options(RouterSpec(colocate_pruned=False), full, pruned)
+    assert "ray_actor_options" not in separate  # a 0-CPU router
+    auto = router_options(RouterSpec(), full, TierSpec(replicas=0, max_replicas=4))
+    assert "num_replicas" not in auto  # scales as the pruned tier would have
+    assert (auto["autoscaling_config"]["min_replicas"], auto["autoscaling_config"]["max_replicas"]) == (1, 4)
 
 
 def test_fault_wait_counts_from_when_the_death_is_known(repo_root):
