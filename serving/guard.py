@@ -61,11 +61,12 @@ class TierDown(Exception):
 class Guard:
     """Mixin of `Router`: admission, bounded full calls, circuits, answer-time metrics."""
 
-    def _open_journal(self, model: str, root: str | None) -> None:
+    def _open_journal(self, model: str) -> None:
         """This replica's write-ahead journal (journal.py), or None when it cannot be opened
-        (events then reach the actor fire-and-forget, and a killed router may lose the last ones)."""
+        (events then reach the actor fire-and-forget, and a killed router may lose the last ones).
+        `source` names this replica's batches for the stats actor either way."""
         self.journal, self.seq, self._pending = None, 0, Events()
-        self.source = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"  # without a journal
+        self.source = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._head: tuple[Events, int] | None = None  # the batch on its way to the actor
         self._pushing, self._recovered_at = False, -math.inf
         if not self.commit_metrics:
@@ -74,7 +75,7 @@ class Guard:
             import ray
 
             node = ray.get_runtime_context().get_node_id()
-            self.journal = Journal(journal_dir(model, node, root))
+            self.journal = Journal(journal_dir(model, node), self.source)
         except Exception as err:  # noqa: BLE001 - metrics must never break serving
             log.warning("metrics journal unavailable (%s): a killed router may lose the events of "
                         "its last replies", _brief(err))
@@ -84,7 +85,7 @@ class Guard:
         (a router killed after this loses nothing it answered; journal.py), then hand them to
         the pusher. Never fails the request."""
         ev, self.events = self.events, Events()
-        if ev.empty() and ev.cost_ratio is None:
+        if ev.empty():
             return
         self.seq += 1
         if self.journal is not None:
@@ -107,17 +108,16 @@ class Guard:
     async def _pusher(self) -> None:
         """Ship batches to the stats actor in order, each tagged `(source, upto)` so a resend is
         applied once; a failed push is retried (the journal keeps it meanwhile)."""
-        source = self.journal.source if self.journal is not None else self.source
         try:
             while True:
                 if self._head is None:
-                    if self._pending.empty() and self._pending.cost_ratio is None:
+                    if self._pending.empty():
                         return
                     self._head, self._pending = (self._pending, self.seq), Events()
                 ev, upto = self._head
                 try:
                     state = await asyncio.wait_for(
-                        _await(self.stats.push.remote(ev, source, upto)), COMMIT_TIMEOUT_S)
+                        _await(self.stats.push.remote(ev, self.source, upto)), COMMIT_TIMEOUT_S)
                 except Exception as err:  # noqa: BLE001 - metrics must never break serving
                     log.warning("stats push failed, retrying in %.0f s: %s", PUSH_RETRY_S,
                                 _brief(err))
@@ -138,7 +138,7 @@ class Guard:
         if self.journal is None or now - self._recovered_at < RECOVER_EVERY_S:
             return
         self._recovered_at = now
-        for orphan in orphans(self.journal.dir, own=self.journal.source):
+        for orphan in orphans(self.journal.dir, own=self.source):
             try:
                 after = await asyncio.wait_for(
                     _await(self.stats.applied_upto.remote(orphan.source)), COMMIT_TIMEOUT_S)
@@ -149,7 +149,7 @@ class Guard:
                     log.warning("replayed %d metric batch(es) of a dead router replica (%s)",
                                 last - after, orphan.source)
                 self.stats.forget.remote(orphan.source)
-                orphan.done(self.journal.dir)
+                orphan.done()
             except Exception as err:  # noqa: BLE001 - kept for the next round
                 os.close(orphan.lock_fd)
                 self._recovered_at = -math.inf

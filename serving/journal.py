@@ -42,29 +42,34 @@ RECOVER_EVERY_S = 30.0
 ENV_ROOT = "TIERSERVE_JOURNAL_DIR"
 
 
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "_"
+
+
 def journal_dir(model: str, node_id: str, root: str | os.PathLike | None = None) -> Path:
     """`<root>/<node id>/<model>`; root: the argument, else $TIERSERVE_JOURNAL_DIR, else
     `<tmp>/tierserve-journal`."""
     base = Path(root or os.environ.get(ENV_ROOT) or Path(tempfile.gettempdir()) / "tierserve-journal")
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model) or "_"
-    return base / re.sub(r"[^A-Za-z0-9_.-]", "_", node_id or "local") / safe
+    return base / _safe(node_id or "local") / _safe(model)
 
 
 class Journal:
     """One router replica's journal: `append` before a reply leaves, `acked` once the stats actor
     applied everything up to a sequence number."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, source: str | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.dir = directory
-        self.source = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.source = source or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._lock = os.open(self.dir / f"{self.source}.lock", os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.segments: list[tuple[Path, int, int]] = []  # (path, fd, last seq written to it)
         self._roll()
 
     def _roll(self) -> None:
-        path = self.dir / f"{self.source}.{len(self.segments) and self.segments[-1][2]:012d}.jsonl"
+        """A new segment, named by the last sequence number before it (sorts in order)."""
+        after = self.segments[-1][2] if self.segments else 0
+        path = self.dir / f"{self.source}.{after:012d}.jsonl"
         fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
         self.segments.append((path, fd, 0))
         self._size = 0
@@ -105,6 +110,7 @@ class Orphan:
     """A dead replica's journal, locked by us until `done`."""
 
     source: str
+    lock: Path
     lock_fd: int
     paths: list[Path] = field(default_factory=list)
 
@@ -123,10 +129,10 @@ class Orphan:
                     last = max(last, seq)
         return merged, last
 
-    def done(self, directory: Path) -> None:
+    def done(self) -> None:
         for path in self.paths:
             path.unlink(missing_ok=True)
-        (directory / f"{self.source}.lock").unlink(missing_ok=True)
+        self.lock.unlink(missing_ok=True)
         os.close(self.lock_fd)
 
 
@@ -151,5 +157,5 @@ def orphans(directory: Path, own: str | None = None) -> list[Orphan]:
         if not lock.exists():  # replayed and removed between our open and our lock
             os.close(fd)
             continue
-        found.append(Orphan(source, fd, sorted(directory.glob(f"{source}.*.jsonl"))))
+        found.append(Orphan(source, lock, fd, sorted(directory.glob(f"{source}.*.jsonl"))))
     return found

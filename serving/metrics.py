@@ -135,7 +135,7 @@ class Events:
         return not (self.requests or self.shadow or self.cost or self.tier_up or self.tokens
                     or self.escalations or self.fallbacks or self.truncated or self.cancelled
                     or self.rejected or self.circuit_open or self.escalated_items
-                    or self.counterfactual)
+                    or self.counterfactual or self.cost_ratio is not None)
 
     def merge(self, other: Events) -> Events:
         """Add `other` (later) into this one: counts add up, states (`tier_up`, `circuit_open`,
@@ -161,7 +161,7 @@ class Events:
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, dict) and any(isinstance(k, tuple) for k in v):
+            if f.name in _TUPLE_KEYS:
                 v = [[*k, n] for k, n in v.items()]
             out[f.name] = v
         return out
@@ -175,7 +175,7 @@ class Events:
             v = doc[f.name]
             if f.name in _TUPLE_KEYS:
                 v = {tuple(row[:-1]): row[-1] for row in v} if isinstance(v, list) else {}
-            elif f.name in ("durations",):
+            elif f.name == "durations":
                 v = [(t, float(s)) for t, s in v]
             elif f.name == "cost_ratio" and v is not None:
                 v = (float(v[0]), str(v[1]))

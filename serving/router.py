@@ -149,7 +149,7 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
         self.up = {FULL: True, PRUNED: True}
         self.flusher: asyncio.Task | None = None
         self.background: set[asyncio.Task] = set()
-        self._open_journal(self.name, None)  # guard.py / journal.py
+        self._open_journal(self.name)  # guard.py / journal.py
 
     # -- endpoints ------------------------------------------------------------------------------
     @api.post("/v1/embed", response_model=EmbedResponse)

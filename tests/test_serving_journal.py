@@ -111,7 +111,7 @@ def test_a_dead_replica_s_journal_is_found_and_replayed_once(tmp_path):
     stats.push(ev, source, last)
     stats.push(ev, source, last)  # a second replay (another replica) changes nothing
     assert stats.totals()["served"]["pruned"] == 5 and stats.totals()["cost_usd"] == 4.0  # 1 + 3 x 1
-    found[0].done(tmp_path)
+    found[0].done()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         p.name for p in tmp_path.iterdir() if p.name.startswith(live.source))
     live.close()
