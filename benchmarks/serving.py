@@ -165,7 +165,7 @@ def _table(result: dict) -> str:
         lines.append(f"| routed to a separate pruned deployment - single | "
                      f"{o['separate_minus_single_p50']:.2f} ms | "
                      f"{o['separate_minus_single_p99']:.2f} ms |")
-    for mode in ("routed", "separate"):
+    for mode in ("single", "routed", "separate"):
         if f"{mode}_stages_p50" in o:
             parts = ", ".join(f"{k} {v:.3f}" for k, v in o[f"{mode}_stages_p50"].items())
             lines.append(f"\n{mode} stages, p50 ms: {parts}")

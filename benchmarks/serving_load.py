@@ -228,6 +228,7 @@ def overhead_vs_single(url: str, single_url: str, n: int, separate_url: str | No
         ms[f"{name}_minus_single_p99"] = ms[f"{tag}_p99"] - ms["single_p99"]
         ms[f"{name}_stages_p50"] = _breakdown(stages, lat)
     ms["router_own_single_p50"] = ms["routed_stages_p50"].get("router", float("nan"))
+    ms["single_stages_p50"] = _breakdown(got["single"][1], got["single"][0])  # same headers
     return ms
 
 

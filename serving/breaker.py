@@ -9,10 +9,18 @@ straight to full (reason `fallback`), full-bound requests get 503 + Retry-After 
 full calls still waiting are answered 503 at once. A
 background probe pings the tier every `circuitProbeS` (the half-open state: the probe is the only
 traffic it gets); the first successful ping closes the circuit.
+
+Silence counts only while the tier answers nothing at all: a call or ping that timed out is not a
+miss when the tier answered anything (another call, a ping) after it was sent. An overloaded
+tier that keeps answering is busy, not dead; opening its circuit would fail every request
+waiting on it and throw away the work it had started (measured 2026-11-26: 32-text requests at
+64 clients, 168 of 211 503s came after 10+ s of waiting, goodput 0.55 of the peak).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 __all__ = ["MISSES_TO_OPEN", "Circuit", "is_death"]
@@ -33,13 +41,17 @@ class Circuit:
     reason: str = ""
     trips: int = 0
     misses: int = 0  # health checks in a row that got no answer
+    last_answer: float = -math.inf  # monotonic seconds of the tier's latest answer
 
-    def missed(self) -> int:
-        self.misses += 1
+    def missed(self, since: float | None = None) -> int:
+        """A call or ping sent at `since` (monotonic) got no answer in time: one more miss,
+        unless the tier answered anything after `since` (busy, not silent)."""
+        if since is None or self.last_answer < since:
+            self.misses += 1
         return self.misses
 
     def answered(self) -> None:
-        self.misses = 0
+        self.misses, self.last_answer = 0, time.monotonic()
 
     @property
     def is_open(self) -> bool:

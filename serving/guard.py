@@ -35,6 +35,10 @@ __all__ = ["Guard", "TierDown", "Unavailable"]
 log = logging.getLogger("tierserve.serving")
 COMMIT_TIMEOUT_S = 2.0  # one push to the stats actor (replies never wait on it)
 PUSH_RETRY_S = 1.0
+# The pusher waits this long after a reply before shipping, so the actor call (pickling, the
+# core worker's send, the reply) runs after the reply has left rather than beside it, and replies
+# that close together share one push. Metrics lag by about this much; `/metrics` drains first.
+PUSH_COALESCE_S = 0.05
 
 
 async def _await(response):
@@ -69,6 +73,8 @@ class Guard:
         self.source = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._head: tuple[Events, int] | None = None  # the batch on its way to the actor
         self._pushing, self._recovered_at = False, -math.inf
+        self._push_task: asyncio.Task | None = None
+        self._push_soon = asyncio.Event()  # set: skip the coalescing wait (`_drain`)
         if not self.commit_metrics:
             return
         try:
@@ -102,17 +108,35 @@ class Guard:
         if not self._pushing:
             self._pushing = True
             task = asyncio.get_running_loop().create_task(self._pusher())
+            self._push_task = task
             self.background.add(task)
             task.add_done_callback(self.background.discard)
 
+    async def _drain(self) -> None:
+        """Ship this replica's recorded events now and wait for the stats actor to apply them
+        (bounded by `COMMIT_TIMEOUT_S`): `/metrics` then counts every reply this replica sent."""
+        self._commit()
+        if self._pushing and self._push_task is not None:
+            self._push_soon.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._push_task), COMMIT_TIMEOUT_S)
+            except Exception as err:  # noqa: BLE001 - /metrics answers with what the actor has
+                log.warning("metrics not drained within %.0f s (%s); /metrics may lag",
+                            COMMIT_TIMEOUT_S, _brief(err))
+
     async def _pusher(self) -> None:
         """Ship batches to the stats actor in order, each tagged `(source, upto)` so a resend is
-        applied once; a failed push is retried (the journal keeps it meanwhile)."""
+        applied once; a failed push is retried (the journal keeps it meanwhile). Each batch
+        waits `PUSH_COALESCE_S` first (not when `_drain` asks)."""
         try:
             while True:
                 if self._head is None:
                     if self._pending.empty():
                         return
+                    if not self._push_soon.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._push_soon.wait(), PUSH_COALESCE_S)
+                    self._push_soon.clear()
                     self._head, self._pending = (self._pending, self.seq), Events()
                 ev, upto = self._head
                 try:
@@ -171,7 +195,7 @@ class Guard:
             raise Unavailable(f"the full tier is down ({self.circuits[FULL].reason}); the router "
                               "is probing it and will serve again when it answers",
                               self.retry_after_s)
-        bound = self.budget.full(f.size)
+        bound, sent = self.budget.full(f.size), time.monotonic()
         try:
             reply = await self._race(FULL, f, bound)
         except TierDown:
@@ -183,7 +207,7 @@ class Guard:
             raise Unavailable("the full tier's queue is full (spec.serving.full."
                               "maxQueuedRequests): retry later", self.retry_after_s) from None
         except TimeoutError as err:
-            self._failed(FULL, err)
+            self._failed(FULL, err, sent)
             self._reject("tier_down")
             raise Unavailable(f"the full tier did not answer within {bound:.1f} s (spec.serving."
                               "fullTimeoutS + timeoutSPerKTokens per 1000 tokens)",
@@ -220,12 +244,13 @@ class Guard:
         self.events.add("rejected", reason)
         self._push_now()
 
-    def _failed(self, tier: str, err: BaseException) -> None:
-        """A call failed: an actor-death error opens the tier's circuit at once; timeouts count
-        as unanswered health checks (`MISSES_TO_OPEN` in a row open it; any answer resets)."""
+    def _failed(self, tier: str, err: BaseException, sent: float | None = None) -> None:
+        """A call failed: an actor-death error opens the tier's circuit at once; a timeout of a
+        call sent at `sent` (monotonic) counts as an unanswered health check when the tier has
+        answered nothing since (`MISSES_TO_OPEN` in a row open it; any answer resets)."""
         if is_death(err):
             self._trip(tier, _brief(err))
-        elif isinstance(err, TimeoutError) and self.circuits[tier].missed() >= MISSES_TO_OPEN:
+        elif isinstance(err, TimeoutError) and self.circuits[tier].missed(sent) >= MISSES_TO_OPEN:
             self._trip(tier, f"{MISSES_TO_OPEN} calls or health checks in a row got no answer")
 
     def _answered(self, tier: str) -> None:

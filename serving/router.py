@@ -73,6 +73,7 @@ __all__ = ["Router", "Unavailable"]
 
 log = logging.getLogger("tierserve.serving")
 HEALTH_EVERY = 8  # flushes between tier health checks
+PING_TIMEOUT_S = 2.0  # a health ping; a tier that answered anything within it is alive
 _OPS = {"embedding": {"embed", "rerank"}, "rerank": {"rerank"},
         "sequence-classification": {"classify"}, "image-classification": set(),
         "text-generation": {"generate"}}
@@ -204,6 +205,7 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
     @api.get("/metrics")
     async def metrics(self) -> Response:
         self._start()
+        await self._drain()  # this replica's replies are counted (guard.py)
         return Response(await self.stats.render.remote(), media_type=CONTENT_TYPE_LATEST)
 
     # -- routing --------------------------------------------------------------------------------
@@ -266,13 +268,14 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
             self.events.fallbacks += 1
             f.tier, f.reason = FULL, "fallback"
         elif f.tier == PRUNED and (d.cascade or not stream):
+            sent = time.monotonic()
             try:
                 f.reply = await self._race(PRUNED, f, self.budget.pruned(f.size))
                 self._answered(PRUNED)
                 self._account(f, PRUNED, f.reply)
             except Exception as err:  # noqa: BLE001 - any pruned failure is served by full
                 log.warning("pruned tier failed (%s); serving from full", _brief(err))
-                self._failed(PRUNED, err)
+                self._failed(PRUNED, err, sent)
                 self.events.fallbacks += 1
                 f.tier, f.reason = FULL, "fallback"
             if f.reply is not None and d.cascade:
@@ -449,12 +452,15 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
             if self.circuits[tier].is_open:
                 continue  # its probe is pinging it already
             try:
-                await asyncio.wait_for(_await(handle.ping.remote()), 2.0)
+                await asyncio.wait_for(_await(handle.ping.remote()), PING_TIMEOUT_S)
                 self.up[tier] = True
                 self.circuits[tier].answered()
             except (TimeoutError, BackPressureError):  # busy, or gone: silence, twice, opens
+                recent = time.monotonic() - PING_TIMEOUT_S
+                if self.circuits[tier].last_answer >= recent:
+                    continue  # it answered calls meanwhile: busy, not down (breaker.py)
                 self.up[tier] = False
-                if self.circuits[tier].missed() >= MISSES_TO_OPEN:
+                if self.circuits[tier].missed(recent) >= MISSES_TO_OPEN:
                     self._trip(tier, f"no answer to {MISSES_TO_OPEN} health checks")
             except Exception as err:  # noqa: BLE001 - it answered with an error, or died
                 self.up[tier] = False

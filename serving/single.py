@@ -11,15 +11,17 @@ app (`X-Tier: pruned`): routed - single at p50 is the cost of the router and its
 """
 
 import math
+import time
 
 import numpy as np
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from ray import serve
 from ray.serve import Application
 
 from tierserve.pruning.spec import parse_spec
 
 from .api import EmbedRequest, Limits, RerankRequest
+from .stages import STAGES_HEADER, add_stages, stage_header
 from .tier import Tier
 
 __all__ = ["build_single", "single_api"]
@@ -33,15 +35,27 @@ single_api.add_middleware(Limits)
 class Single(Tier.func_or_class):
     """A pruned tier that is its own ingress."""
 
+    async def _timed(self, req: dict, request: Request, response: Response) -> dict:
+        """The tier's reply, with the same stage headers as the router's (`pruned_replica`, and
+        this endpoint's own time around it), so the benchmark can compare stage by stage."""
+        t0 = time.perf_counter()
+        reply = await self.infer(req)
+        waited, stages = time.perf_counter() - t0, {}
+        add_stages(stages, "pruned", waited, reply)
+        response.headers[STAGES_HEADER] = stage_header(stages)
+        request.state.router_ms = 1000 * (time.perf_counter() - t0 - waited)  # Limits sends it
+        return reply
+
     @single_api.post("/v1/embed")
-    async def embed(self, body: EmbedRequest) -> dict:
-        reply = await self.infer({"op": "embed", "texts": body.texts})
+    async def embed(self, body: EmbedRequest, request: Request, response: Response) -> dict:
+        reply = await self._timed({"op": "embed", "texts": body.texts}, request, response)
         return {"tier": self.tier, "embeddings": np.asarray(reply["outputs"]).tolist(),
                 "input_tokens": reply["input_tokens"], "truncated": bool(reply["truncated"])}
 
     @single_api.post("/v1/rerank")
-    async def rerank(self, body: RerankRequest) -> dict:
-        reply = await self.infer({"op": "rerank", "texts": [body.query, *body.documents]})
+    async def rerank(self, body: RerankRequest, request: Request, response: Response) -> dict:
+        reply = await self._timed({"op": "rerank", "texts": [body.query, *body.documents]},
+                                  request, response)
         scores = np.asarray(reply["outputs"])
         return {"tier": self.tier, "scores": scores.tolist(),
                 "ranking": [int(i) for i in np.argsort(-scores, kind="stable")]}

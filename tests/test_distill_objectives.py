@@ -11,7 +11,7 @@ from torch import nn
 
 from tierserve.pruning.data import RetrievalData
 from tierserve.pruning.recovery.distillation import CheckpointStore, distill_texts
-from tierserve.pruning.recovery.distillation.data import VAL_EVERY
+from tierserve.pruning.recovery.distillation.data import VAL_EVERY, group_batches
 from tierserve.pruning.recovery.distillation.objectives import (
     HiddenMaps,
     Objective,
@@ -97,6 +97,28 @@ def test_validation_slice_comes_from_calibration_texts_only(debian_retrieval):
     assert "an extra production request" in texts.train + texts.val_docs
     test = set(debian_retrieval["test"].queries) | set(debian_retrieval["test"].corpus)
     assert not test & set(texts.train + texts.val_queries + texts.val_docs)
+
+
+def test_retrieval_groups_hold_a_query_and_its_rerank_candidates(debian_retrieval):
+    cal: RetrievalData = debian_retrieval["calibration"]
+    texts = distill_texts(cal, extra=["an extra production request"])
+    n_q = len(cal.queries) - len(texts.val_queries)  # training queries come first in `train`
+    assert len(texts.groups) == n_q
+    by_text = {t: i for i, t in enumerate(cal.queries)}
+    doc_at = {t: cal.doc_ids[j] for j, t in enumerate(cal.corpus)}
+    judged_seen = 0
+    for g in texts.groups:
+        query, docs = texts.train[g[0]], [texts.train[i] for i in g[1:]]
+        assert g[0] < n_q and all(i >= n_q for i in g[1:]) and len(docs) == 10
+        assert not set(docs) & set(texts.val_docs)  # held-back documents never join a group
+        assert "an extra production request" not in docs  # unjudged raw texts: plain batches only
+        judged = set(cal.qrels[cal.query_ids[by_text[query]]])
+        judged_seen += bool(judged & {doc_at[d] for d in docs})
+    assert judged_seen > 0.8 * n_q  # a query's judged documents lead its candidates
+    batches = group_batches(texts.groups, 32, seed=0)
+    assert max(len(b) for b in batches) <= 32
+    assert sorted(i for b in batches for i in b if i < n_q) == list(range(n_q))  # each query once
+    assert group_batches(texts.groups, 32, seed=0) == batches  # seeded
 
 
 def test_checkpoint_roundtrip_and_foreign_checkpoints_are_ignored(tmp_path):

@@ -193,8 +193,8 @@ def test_tier_back_pressure_is_a_503_with_retry_after(app):
     assert busy and all(info.get("retry-after") == "2" for info in busy)
     assert codes.count(200) > 0
     shed = _metric(app, "tierserve_rejected_total", reason="backpressure")
-    # a queue that stays full through 2 health checks opens full's circuit (load shedding):
-    # those 503s count as tier_down
+    # a full queue whose tier also answers nothing through 2 health checks opens full's
+    # circuit (breaker.py): those 503s count as tier_down
     assert shed > 0 and shed + _metric(app, "tierserve_rejected_total", reason="tier_down") >= len(busy)
     _wait_healthy(app)
 

@@ -126,3 +126,58 @@ def test_journals_are_kept_per_node_and_model(tmp_path, monkeypatch):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+class _InProcessStats:
+    """The real `Stats` body behind the one handle method the pusher calls
+    (`push.remote(...)` -> awaitable). A stand-in for the Ray actor boundary only: the same
+    path through the real detached actor is covered by test_serving_app.py's `/metrics` reads."""
+
+    def __init__(self) -> None:
+        self.body, self.calls = Stats("m", gate=0.99, window=50, hysteresis=0.01), 0
+        self.push = self
+
+    def remote(self, ev, source, upto):
+        self.calls += 1
+
+        async def apply():
+            return self.body.push(ev, source, upto)
+        return apply()
+
+
+def test_replies_close_together_share_one_push_after_they_left_and_drain_ships_at_once():
+    import asyncio
+    import time
+
+    from tierserve.serving.guard import PUSH_COALESCE_S, Guard
+
+    class Router(Guard):  # the parts of Router the pusher uses; no journal in this test
+        def __init__(self, stats) -> None:
+            self.commit_metrics, self.stats, self.background = False, stats, set()
+            self.events, self.shared = Events(), {}
+            self._open_journal("m")
+
+        def _share(self, state: dict) -> None:
+            self.shared = state
+
+    async def scenario():
+        stats = _InProcessStats()
+        r = Router(stats)
+        for _ in range(5):  # five replies in a row
+            r.events.request("pruned", "routine", 0.01)
+            r._commit()
+            await asyncio.sleep(0)  # the reply leaves: no actor call beside it
+        assert stats.calls == 0
+        await asyncio.sleep(3 * PUSH_COALESCE_S)
+        assert stats.calls == 1 and stats.body.totals()["served"]["pruned"] == 5
+        assert "shadow_fallback_active" in r.shared  # the push's reply carries the shared state
+        r.events.request("full", "routine", 0.01)
+        r._commit()
+        t0 = time.perf_counter()
+        await r._drain()  # /metrics: this replica's replies are applied before it renders
+        assert time.perf_counter() - t0 < PUSH_COALESCE_S
+        assert stats.calls == 2 and stats.body.totals()["served"] == {"pruned": 5, "full": 1}
+        await r._drain()  # nothing pending: no call
+        assert stats.calls == 2
+
+    asyncio.run(scenario())

@@ -4,6 +4,8 @@ app in-process: no Serve needed)."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from fastapi import FastAPI
@@ -70,6 +72,11 @@ def test_circuit_opens_once_and_closes_on_a_probe():
     assert c.missed() == 1 and c.missed() == MISSES_TO_OPEN  # silence, twice: the router trips
     c.answered()
     assert c.misses == 0
+    # busy, not dead: a call sent before the tier's latest answer timed out -> no miss
+    sent = time.monotonic() - 1.0
+    c.answered()
+    assert c.missed(sent) == 0 and c.missed(sent) == 0
+    assert c.missed(time.monotonic() + 1.0) == 1  # nothing answered since it was sent: silence
     assert is_death(ActorDiedError()) and is_death(ActorUnavailableError("gone", b"\0" * 16))
     assert not is_death(RuntimeError("one call failed"))
     assert not is_death(RayTaskError("infer", "traceback", RuntimeError("x")))

@@ -6,6 +6,12 @@ texts (or images); decoder LMs: the texts plus each prompt followed by the teach
 continuation. `spec.data.distillation` adds raw texts (JSONL/Parquet, a `text` field), e.g.
 sampled production requests.
 
+Retrieval adds group batches: each training query with its rerank candidates (its judged
+documents, then its nearest by word overlap: `calibration.rerank_candidates`, the request shape
+the router serves), as many whole groups per batch as fit. The embedding objective's relational
+term then matches the teacher's query-candidate similarities, the ones a ranking is decided by;
+the plain batches keep covering every text.
+
 Training batches are length-bucketed by default (`train_order`): texts of similar token length
 share a batch, so a batch of short queries does not pad to the longest document (~2.8x fewer
 padded tokens per step on the Debian calibration texts), and the batch order is shuffled (seeded).
@@ -27,7 +33,7 @@ from tierserve.pruning.tasks import TaskModel
 from .objectives import Objective, TeacherOut, teacher_forward
 
 __all__ = ["VAL_EVERY", "VAL_MAX", "DistillData", "DistillTexts", "build_data", "distill_texts",
-           "greedy_continuations", "read_texts", "train_order"]
+           "greedy_continuations", "group_batches", "read_texts", "train_order"]
 
 VAL_EVERY = 10  # every 10th text of each kind is held back for validation
 VAL_MAX = 256  # at most this many validation texts of each kind
@@ -43,6 +49,7 @@ class DistillTexts:
     train: tuple
     val_queries: tuple
     val_docs: tuple
+    groups: tuple[tuple[int, ...], ...] = ()  # retrieval: `train` indices, a query + candidates
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,8 @@ def distill_texts(calibration, extra: Sequence[str] = (),
     if isinstance(calibration, RetrievalData):
         q_train, q_val = _split(calibration.queries)
         d_train, d_val = _split(list(calibration.corpus) + list(extra))
-        return DistillTexts(tuple(q_train + d_train), tuple(q_val), tuple(d_val))
+        return DistillTexts(tuple(q_train + d_train), tuple(q_val), tuple(d_val),
+                            _rerank_groups(calibration, len(extra)))
     if isinstance(calibration, SimilarityData):
         texts = list(calibration.texts) + list(calibration.pairs)
     elif isinstance(calibration, LMData):
@@ -98,6 +106,33 @@ def distill_texts(calibration, extra: Sequence[str] = (),
         texts = list(calibration.texts)
     train, val = _split(texts + list(extra))
     return DistillTexts(tuple(train), (), tuple(val))
+
+
+def _rerank_groups(data, n_extra: int) -> tuple[tuple[int, ...], ...]:
+    """Each training query with its rerank candidates among the training documents, as indices
+    into `DistillTexts.train` (queries first, then documents: `distill_texts`' layout). Held-back
+    validation texts never join a group."""
+    from tierserve.pruning.calibration import rerank_candidates
+
+    qi, _ = _split(list(range(len(data.queries))))
+    slots, _ = _split(list(range(len(data.corpus) + n_extra)))  # the training documents, in order
+    at = {j: len(qi) + n for n, j in enumerate(slots)}  # corpus index -> index in `train`
+    di = [j for j in slots if j < len(data.corpus)]  # extra raw texts have no judgements
+    if not qi or not di:
+        return ()
+    col = {data.doc_ids[j]: c for c, j in enumerate(di)}
+    judged = [[col[d] for d in data.qrels.get(data.query_ids[i], {}) if d in col] for i in qi]
+    cands = rerank_candidates([data.queries[i] for i in qi], [data.corpus[j] for j in di], judged)
+    return tuple((q, *(at[di[c]] for c in cs)) for q, cs in enumerate(cands))
+
+
+def group_batches(groups: Sequence[Sequence[int]], batch_size: int, seed: int = 0) -> list[list[int]]:
+    """Whole groups per batch, as many as fit in `batch_size` (at least one), in seeded order;
+    a text in two groups of one batch appears once."""
+    per = max(1, batch_size // max(len(g) for g in groups))
+    order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed + 1)).tolist()
+    return [list(dict.fromkeys(i for g in order[j:j + per] for i in groups[g]))
+            for j in range(0, len(order), per)]
 
 
 @torch.no_grad()
@@ -159,6 +194,10 @@ def build_data(teacher: TaskModel, texts: DistillTexts, objective: Objective, ba
     """Batch the training texts (seeded; see `train_order`), tokenise, and cache the teacher's
     targets once."""
     chunks = train_order(teacher, texts.train, batch_size, seed=seed, bucket=bucket)
+    if texts.groups:  # retrieval: group batches among the plain ones (module doc)
+        chunks += group_batches(texts.groups, batch_size, seed)
+        gen = torch.Generator().manual_seed(seed + 2)
+        chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=gen).tolist()]
     train = tuple(teacher.batch([texts.train[i] for i in c]) for c in chunks)
     vq, vd = _batches(teacher, texts.val_queries, 64), _batches(teacher, texts.val_docs, 64)
 

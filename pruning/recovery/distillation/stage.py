@@ -31,7 +31,8 @@ __all__ = ["distill_stage", "fingerprint", "section"]
 def fingerprint(structure: dict, cfg: DistillConfig, texts: DistillTexts, tag: str = "") -> str:
     """Identifies one distillation run: a checkpoint with another fingerprint is never loaded."""
     doc = {"structure": structure, "config": asdict(cfg), "tag": tag,
-           "texts": hashlib.sha256("\x00".join(map(str, texts.train)).encode()).hexdigest()}
+           "texts": hashlib.sha256("\x00".join(map(str, texts.train)).encode()).hexdigest(),
+           "groups": hashlib.sha256(repr(texts.groups).encode()).hexdigest()}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
