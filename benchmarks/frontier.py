@@ -284,12 +284,12 @@ def classifier(full_path, n_train: int, seed: int = 0):
 
 def classification_splits(n_train: int, n_distill: int, limit: int) -> dict[str, list[str]]:
     """Validation: fine-food TRAIN reviews that neither the classifier's fine-tuning (the first
-    `n_train`) nor the distillation and pruning (the last `256 + n_distill`) used; test: the
-    test file. At most `limit` each; labels are not needed (agreement is with full)."""
+    `n_train`) nor its pruning and distillation (the last `N_PRUNE_CLS + n_distill`) used;
+    test: the test file. At most `limit` each; labels are not needed (agreement is with full)."""
     from tierserve.pruning.data import read_records
 
     train = read_records(ROOT / "examples/data/fine_foods/train.jsonl.gz")
-    unused = train[n_train:len(train) - (256 + n_distill)]
+    unused = train[n_train:len(train) - (N_PRUNE_CLS + n_distill)]
     test = read_records(ROOT / "examples/data/fine_foods/test.jsonl.gz")
     return {"validation": [r["text"] for r in unused][:limit],
             "test": [r["text"] for r in test][:limit]}
@@ -441,7 +441,8 @@ def run_classification(args) -> tuple[list[dict], dict, dict]:
                         "distillation": result.report.get("distillation")}
 
 
-N_DISTILL_CLS = 2000  # fine-food train reviews the classifier's distillation uses
+N_PRUNE_CLS = 256  # the last fine-food train reviews: the classifier's pruning calibration
+N_DISTILL_CLS = 2000  # reviews before those: distilled on, with the pruning ones
 
 
 def pruned_tier_cls(full, flops: float, int8: bool, distill_steps: int = 0,
@@ -455,8 +456,8 @@ def pruned_tier_cls(full, flops: float, int8: bool, distill_steps: int = 0,
     from tierserve.pruning.structure import Budget
 
     rows = read_records(ROOT / "examples/data/fine_foods/train.jsonl.gz")
-    texts = [r["text"] for r in rows[-256:]]  # not the rows the classifier was tuned on first
-    unseen = [r["text"] for r in rows[-(256 + n_distill):]]
+    texts = [r["text"] for r in rows[-N_PRUNE_CLS:]]  # not the rows the classifier was tuned on
+    unseen = [r["text"] for r in rows[-(N_PRUNE_CLS + n_distill):]]
     dcfg, drun = distillation(distill_steps, distill_seconds, SimpleNamespace(texts=unseen))
     result = prune(full, texts, PruneConfig(criterion="activation", rescale=True, distill=dcfg,
                                             budget=Budget(kind="flops", target=flops)),

@@ -43,10 +43,14 @@ class Circuit:
     misses: int = 0  # health checks in a row that got no answer
     last_answer: float = -math.inf  # monotonic seconds of the tier's latest answer
 
+    def silent_since(self, since: float) -> bool:
+        """The tier answered nothing (no call, no ping) after `since` (monotonic)."""
+        return self.last_answer < since
+
     def missed(self, since: float | None = None) -> int:
         """A call or ping sent at `since` (monotonic) got no answer in time: one more miss,
         unless the tier answered anything after `since` (busy, not silent)."""
-        if since is None or self.last_answer < since:
+        if since is None or self.silent_since(since):
             self.misses += 1
         return self.misses
 

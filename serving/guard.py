@@ -72,8 +72,8 @@ class Guard:
         self.journal, self.seq, self._pending = None, 0, Events()
         self.source = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._head: tuple[Events, int] | None = None  # the batch on its way to the actor
-        self._pushing, self._recovered_at = False, -math.inf
-        self._push_task: asyncio.Task | None = None
+        self._recovered_at = -math.inf
+        self._push_task: asyncio.Task | None = None  # the pusher, while it runs
         self._push_soon = asyncio.Event()  # set: skip the coalescing wait (`_drain`)
         if not self.commit_metrics:
             return
@@ -104,19 +104,21 @@ class Guard:
 
     _push_now = _commit  # refusals and streams: recorded the same way
 
+    @property
+    def _pushing(self) -> bool:
+        return self._push_task is not None and not self._push_task.done()
+
     def _kick(self) -> None:
         if not self._pushing:
-            self._pushing = True
-            task = asyncio.get_running_loop().create_task(self._pusher())
-            self._push_task = task
-            self.background.add(task)
-            task.add_done_callback(self.background.discard)
+            self._push_task = asyncio.get_running_loop().create_task(self._pusher())
+            self.background.add(self._push_task)
+            self._push_task.add_done_callback(self.background.discard)
 
     async def _drain(self) -> None:
         """Ship this replica's recorded events now and wait for the stats actor to apply them
         (bounded by `COMMIT_TIMEOUT_S`): `/metrics` then counts every reply this replica sent."""
         self._commit()
-        if self._pushing and self._push_task is not None:
+        if self._pushing:
             self._push_soon.set()
             try:
                 await asyncio.wait_for(asyncio.shield(self._push_task), COMMIT_TIMEOUT_S)
@@ -128,32 +130,29 @@ class Guard:
         """Ship batches to the stats actor in order, each tagged `(source, upto)` so a resend is
         applied once; a failed push is retried (the journal keeps it meanwhile). Each batch
         waits `PUSH_COALESCE_S` first (not when `_drain` asks)."""
-        try:
-            while True:
-                if self._head is None:
-                    if self._pending.empty():
-                        return
-                    if not self._push_soon.is_set():
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._push_soon.wait(), PUSH_COALESCE_S)
-                    self._push_soon.clear()
-                    self._head, self._pending = (self._pending, self.seq), Events()
-                ev, upto = self._head
-                try:
-                    state = await asyncio.wait_for(
-                        _await(self.stats.push.remote(ev, self.source, upto)), COMMIT_TIMEOUT_S)
-                except Exception as err:  # noqa: BLE001 - metrics must never break serving
-                    log.warning("stats push failed, retrying in %.0f s: %s", PUSH_RETRY_S,
-                                _brief(err))
-                    await asyncio.sleep(PUSH_RETRY_S)
-                    continue
-                self._head = None
-                self._share(state)
-                if self.journal is not None:
-                    with contextlib.suppress(OSError):
-                        self.journal.acked(upto)
-        finally:
-            self._pushing = False
+        while True:
+            if self._head is None:
+                if self._pending.empty():
+                    return
+                if not self._push_soon.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._push_soon.wait(), PUSH_COALESCE_S)
+                self._push_soon.clear()
+                self._head, self._pending = (self._pending, self.seq), Events()
+            ev, upto = self._head
+            try:
+                state = await asyncio.wait_for(
+                    _await(self.stats.push.remote(ev, self.source, upto)), COMMIT_TIMEOUT_S)
+            except Exception as err:  # noqa: BLE001 - metrics must never break serving
+                log.warning("stats push failed, retrying in %.0f s: %s", PUSH_RETRY_S,
+                            _brief(err))
+                await asyncio.sleep(PUSH_RETRY_S)
+                continue
+            self._head = None
+            self._share(state)
+            if self.journal is not None:
+                with contextlib.suppress(OSError):
+                    self.journal.acked(upto)
 
     async def _recover(self) -> None:
         """Replay journals of dead router replicas on this node (journal.py): what the actor has

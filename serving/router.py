@@ -457,7 +457,7 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
                 self.circuits[tier].answered()
             except (TimeoutError, BackPressureError):  # busy, or gone: silence, twice, opens
                 recent = time.monotonic() - PING_TIMEOUT_S
-                if self.circuits[tier].last_answer >= recent:
+                if not self.circuits[tier].silent_since(recent):
                     continue  # it answered calls meanwhile: busy, not down (breaker.py)
                 self.up[tier] = False
                 if self.circuits[tier].missed(recent) >= MISSES_TO_OPEN:

@@ -124,9 +124,6 @@ def test_journals_are_kept_per_node_and_model(tmp_path, monkeypatch):
     assert journal_dir("m", "n", root=tmp_path / "x").parent.parent == tmp_path / "x"
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
-
 
 class _InProcessStats:
     """The real `Stats` body behind the one handle method the pusher calls
@@ -181,3 +178,7 @@ def test_replies_close_together_share_one_push_after_they_left_and_drain_ships_a
         assert stats.calls == 2
 
     asyncio.run(scenario())
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
