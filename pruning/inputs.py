@@ -13,7 +13,7 @@ from .spec import DataSource, PrunedModelSpec
 from .storage import resolve, scheme_of
 from .tasks import Task
 
-__all__ = ["Dataset", "JobInputs", "load_inputs"]
+__all__ = ["Dataset", "JobInputs", "head_queries", "load_inputs"]
 
 Dataset = RetrievalData | ClassificationData | SimilarityData
 
@@ -46,11 +46,11 @@ def _retrieval(src: DataSource, spec: PrunedModelSpec, base: Path,
                           slice_field=d.slice_field,
                           require_slice="slice_field" in d.model_fields_set)
     if src.limit is not None and src.limit < len(data.query_ids):
-        data = _head_queries(data, src.limit)
+        data = head_queries(data, src.limit)
     return data, paths
 
 
-def _head_queries(data: RetrievalData, n: int) -> RetrievalData:
+def head_queries(data: RetrievalData, n: int) -> RetrievalData:
     """The first n queries; the corpus stays whole, so ranking difficulty is unchanged."""
     from dataclasses import replace
 

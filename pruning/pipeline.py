@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import platform
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -17,8 +15,9 @@ from .engine import DistillRun, PruneConfig, distill_result, prune, score_units
 from .evaluate import quality_kept
 from .inputs import Dataset, JobInputs
 from .pairs import SimilarityData
-from .quality import judge, latency_pair
+from .quality import judge
 from .search import search_max_sparsity
+from .served import GRAPH_DIR, parity_examples, serve_tiers
 from .spec import PrunedModelSpec, SpecError
 from .structure import Budget
 from .tasks import Task, TaskModel, load_task_model
@@ -115,17 +114,21 @@ def run_pipeline(spec: PrunedModelSpec, inputs: JobInputs, art: Path, tick) -> d
     tick("evaluate", 0.65)
     quant = None if spec.quantization.mode == "none" else spec.quantization.mode
     quant = result.report.get("serve_quantization") or quant  # search chose pruning + INT8
-    deployed, quant_report = _quantized(spec, result.model, quant)
-    j = judge(spec, full, deployed, inputs.evaluation)  # gates judge what will be served
+    served = serve_tiers(spec, full, result.model, quant, art / "model" / GRAPH_DIR,
+                         parity_examples(inputs.evaluation, full))
+    # the gates judge what will serve: the runtime's graphs, INT8 included
+    j = judge(spec, served.full, served.pruned, inputs.evaluation)
+    gates = j.gates + ([served.gate] if served.gate else [])
+    passed = all(g.passed for g in gates)
     tick("save", 0.9)
     save_pruned(result.model, art / "model", structure=result.structure, source=spec.model.uri,
                 criterion=config.criterion, budget=result.config.budget, report=result.report,
-                quantization=quant)
+                quantization=quant, extra={"runtime": served.runtime})
     kept = quality_kept(j.measured.pruned, j.measured.full, j.full_eval.metrics)
     return {
         "apiVersion": "tierserve.io/v1alpha1", "kind": "PruningReport",
-        "task": spec.model.task.value, "deployable": j.passed,
-        "status": "passed" if j.passed else "gates_failed",
+        "task": spec.model.task.value, "deployable": passed,
+        "status": "passed" if passed else "gates_failed",
         "spec": spec.model_dump(mode="json", by_alias=True),
         "budget": {"requested": spec.pruning.budget.model_dump(by_alias=True),
                    "achieved_target": result.config.budget.target,
@@ -134,28 +137,13 @@ def run_pipeline(spec: PrunedModelSpec, inputs: JobInputs, art: Path, tick) -> d
         "plan": result.report["plan"], "prune": {k: v for k, v in result.report.items() if k != "plan"},
         "metrics": {"full": j.measured.full, "pruned": j.measured.pruned, "quality_kept": kept},
         "slices": {"full": j.measured.full_slices, "pruned": j.measured.pruned_slices},
-        "latency": j.latency, "size": j.size, "quantization": quant_report, "gates": [g.to_dict() for g in j.gates],
+        "latency": j.latency, "size": j.size, "quantization": served.quantization,
+        "runtime": served.runtime, "gates": [g.to_dict() for g in gates],
         "search": trace, "versions": _versions(), "evaluated_on": j.evaluated_on,
         "distillation": result.report.get("distillation"),
-        "calibration": calibration_report(spec, full, deployed, inputs),  # cascade threshold
+        "calibration": calibration_report(spec, served.full, served.pruned, inputs),  # cascade
         "seconds": time.perf_counter() - t0,
     }
-
-
-def _quantized(spec: PrunedModelSpec, pruned: TaskModel, mode: str | None
-               ) -> tuple[TaskModel, dict | None]:
-    """The model to judge and serve; with INT8 its own effect on size and latency is reported."""
-    if mode is None:
-        return pruned, None
-    from .quantize import quantize, state_size_bytes
-
-    q = replace(pruned, model=quantize(copy.deepcopy(pruned.model).cpu(), mode))  # CPU kernels
-    b = spec.pruning.budget
-    lat = latency_pair(pruned, q, b.batch, b.seq_len)
-    fp, qb = state_size_bytes(pruned.model), state_size_bytes(q.model)
-    return q, {"mode": mode, "pruned_fp32_bytes": fp, "pruned_int8_bytes": qb,
-               "size_ratio": qb / fp, "pruned_fp32_p50_s": lat["full_p50_s"],
-               "pruned_int8_p50_s": lat["pruned_p50_s"], "latency_ratio": lat["ratio"]}
 
 
 def _no_result(spec: PrunedModelSpec, trace: list[dict], t0: float) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .evaluate import Evaluation, agreement, evaluate, quality_signals
 from .gates import GateResult, Measured, check_gates
@@ -13,7 +14,7 @@ from .quantize import state_size_bytes
 from .spec import PrunedModelSpec
 from .tasks import Task, TaskModel
 
-__all__ = ["Judgement", "judge", "latency_pair"]
+__all__ = ["Judgement", "judge", "latency_pair", "model_bytes"]
 
 
 @dataclass
@@ -29,6 +30,12 @@ class Judgement:
     @property
     def passed(self) -> bool:
         return all(g.passed for g in self.gates)
+
+
+def model_bytes(tm: TaskModel) -> int:
+    """What a tier holds: its graph file on ONNX Runtime (INT8 included), else the state dict."""
+    graph = getattr(tm, "graph", "")
+    return Path(graph).stat().st_size if graph else state_size_bytes(tm.model)
 
 
 def latency_pair(full: TaskModel, pruned: TaskModel, batch: int, seq_len: int,
@@ -72,7 +79,7 @@ def judge(spec: PrunedModelSpec, full: TaskModel, pruned: TaskModel, data: Datas
                    for s, m in full_eval.slices.items()}
     budget = spec.pruning.budget
     latency = _latency(full, pruned, budget.batch, budget.seq_len) if with_latency else {}
-    fb, pb = state_size_bytes(full.model), state_size_bytes(pruned.model)
+    fb, pb = model_bytes(full), model_bytes(pruned)
     size = {"full_bytes": fb, "pruned_bytes": pb, "ratio": pb / fb}
     phases = {k: latency[k]["ratio"] for k in ("prefill", "decode") if k in latency} or None
     measured = Measured(full_metrics, pruned_metrics, full_slices, pruned_slices,

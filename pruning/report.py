@@ -53,6 +53,11 @@ def summary_table(report: dict) -> str:
         console.print(f"latency p50 @ batch {lat['batch']} x {lat['seq_len']}: full "
                       f"{lat['full_p50_s'] * 1e3:.1f} ms, pruned {lat['pruned_p50_s'] * 1e3:.1f} ms "
                       f"(ratio {lat['ratio']:.3f})")
+    rt = report.get("runtime") or {}
+    if rt:
+        version = rt.get(rt.get("name", ""), "")
+        console.print(f"runtime {rt.get('name')} {version} ({rt.get('provider') or 'cpu'}, "
+                      f"{rt.get('threads')} threads): latency, quality and gates measured on it")
     t = Table(title="quality", show_lines=False)
     for col in ("metric", "full", "pruned", "kept"):
         t.add_column(col)

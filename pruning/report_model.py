@@ -128,6 +128,20 @@ class QuantizationSection(_Closed):
     latency_ratio: Value = None
 
 
+class RuntimeSection(_Open):
+    """The runtime both tiers serve on, and the proof that its graphs answer as eager does."""
+
+    name: str = Field(description="onnxruntime | openvino | torch")
+    onnxruntime: str | None = Field(None, description="ONNX Runtime version")
+    openvino: str | None = Field(None, description="OpenVINO version")
+    opset: int | None = None
+    provider: str | None = Field(None, description="execution provider the job measured on")
+    threads: int | None = None
+    graphs: dict[str, str] | None = Field(None, description="tier -> graph file in the artifact")
+    sha256: dict[str, str] | None = None
+    parity: list[dict[str, Any]] | None = None
+
+
 class GateRow(_Closed):
     name: str | None = Field(None, description="e.g. 'ndcg@10 >= 0.95 x full [slice=games]'")
     metric: str
@@ -211,6 +225,7 @@ class PruningReport(_Closed):
     latency: LatencySection | None = None
     size: SizeSection | None = None
     quantization: QuantizationSection | None = None
+    runtime: RuntimeSection | None = None
     gates: list[GateRow] = Field(default_factory=list)
     search: list[SearchPoint] = Field(default_factory=list)
     calibration: CalibrationSection | None = None

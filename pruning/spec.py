@@ -249,6 +249,12 @@ class RoutingRules(_Model):
 
 
 class ServingSpec(_Model):
+    runtime: Literal["onnxruntime", "openvino", "torch"] | None = Field(None, description=(
+        "What both tiers run on. onnxruntime: the job exports full and pruned to ONNX, proves "
+        "each graph answers as eager does (runtime_parity gate), quantizes the pruned graph for "
+        "quantization.mode int8-dynamic, and judges the graphs; openvino: the same graphs "
+        "compiled by OpenVINO (the tierserve[openvino] extra; no int8-dynamic); torch: eager "
+        "PyTorch. Unset: onnxruntime for encoder tasks, torch for text-generation"))
     policy: Literal["split", "cascade"] = "cascade"
     pruned_weight: Fraction = Field(0.8, description="split: share of traffic to pruned")
     target_agreement: Fraction = Field(0.99, description="cascade: calibrated agreement with full; shadow: the gate")
@@ -303,6 +309,17 @@ class PrunedModelSpec(_Model):
     gates: GatesSpec = Field(default_factory=GatesSpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)
     cost: CostSpec = Field(default_factory=CostSpec)
+
+    @model_validator(mode="after")
+    def _runtime_serves_task(self) -> PrunedModelSpec:
+        rt = self.serving.runtime
+        if rt in ("onnxruntime", "openvino") and self.model.task.value == "text-generation":
+            raise ValueError(f"spec.serving.runtime: {rt} serves encoder tasks; "
+                             "text-generation runs on torch")
+        if rt == "openvino" and self.quantization.mode != "none":
+            raise ValueError("spec.quantization.mode: int8-dynamic runs on onnxruntime; "
+                             "runtime openvino serves the fp32 graph (bf16 where the CPU has it)")
+        return self
 
 
 def _field_path(loc: tuple) -> str:

@@ -32,7 +32,7 @@ from .router import Router
 from .tier import Tier
 
 __all__ = ["AppArgs", "build_app", "capacity_of", "router_config", "router_options",
-           "tier_options"]
+           "tier_options", "tier_runtimes"]
 
 
 class AppArgs(BaseModel):
@@ -106,6 +106,19 @@ def _artifact_uri(report: PruningReport) -> str:
     return uri
 
 
+def tier_runtimes(report: PruningReport, override: str | None) -> tuple[dict | None, dict | None]:
+    """What the full and the pruned tier load: the report's runtime, each tier's graph from the
+    job's artifact; None for eager torch (reports from before runtimes were recorded are torch).
+    An `artifact` override holds the pruned model: its own graph when it has one, else torch."""
+    rt = report.runtime
+    if rt is None or rt.name not in ("onnxruntime", "openvino"):
+        return None, None
+    job = report.artifact_model_uri or override
+    pruned = override or job
+    return ({"name": rt.name, "artifact": job},
+            {"name": rt.name, "artifact": pruned, "optional": pruned != job})
+
+
 def build_app(args: dict) -> Application:
     a = AppArgs.model_validate(args)
     spec = parse_spec(a.spec)
@@ -115,12 +128,14 @@ def build_app(args: dict) -> Application:
                          f"deployable (status {report.status}): a gate failed")
     m, s = spec.model, spec.serving
     cost = CostModel.from_spec(spec.cost, report.latency.ratio if report.latency else None)
+    artifact = a.artifact or _artifact_uri(report)
+    full_rt, pruned_rt = tier_runtimes(report, a.artifact)
     common = {"task": m.task.value, "max_length": m.max_length, "model": a.name, "cost": cost}
     retry = s.router.retry_after_s
     full = Tier.options(name="full", **tier_options(s.full, retry)).bind(
         "full", m.uri, max_batch_size=s.full.max_batch_size, gpus=s.full.gpus,
-        threads=max(1, math.floor(s.full.cpus)), **common)
-    pruned_args = {"tier": "pruned", "model_uri": a.artifact or _artifact_uri(report),
+        threads=max(1, math.floor(s.full.cpus)), runtime=full_rt, **common)
+    pruned_args = {"tier": "pruned", "model_uri": artifact, "runtime": pruned_rt,
                    "max_batch_size": s.pruned.max_batch_size, "gpus": s.pruned.gpus,
                    "threads": max(1, math.floor(s.pruned.cpus)), **common}
     config = router_config(a.name, spec, report, a.metrics_port)

@@ -45,16 +45,34 @@ __all__ = ["Tier", "load_tier_model", "pick_device"]
 log = logging.getLogger("tierserve.serving")
 
 
-def load_tier_model(tier: str, model_uri: str, task: str, max_length: int):
-    """full: `load_task_model` on the spec's model; pruned: `load_pruned` on the artifact."""
-    from tierserve.pruning.artifact import load_pruned
+def load_tier_model(tier: str, model_uri: str, task: str, max_length: int, *,
+                    runtime: dict | None = None, threads: int = 1, gpus: float = 0.0):
+    """full: `load_task_model` on the spec's model; pruned: `load_pruned` on the artifact.
+    With `runtime` {"name": "onnxruntime" | "openvino", "artifact": URI}, the tier answers from
+    the graph the job exported, checked and judged for it (pruning/served.py). `"optional":
+    true` (an artifact given in place of the job's) serves on torch when it holds no graph."""
+    from tierserve.pruning.artifact import ArtifactError, load_pruned, runtime_graph
     from tierserve.pruning.gguf import model_dir
+    from tierserve.pruning.runtime import GRAPH_RUNTIMES, graph_model
     from tierserve.pruning.storage import resolve
     from tierserve.pruning.tasks import load_task_model
 
+    graph, int8 = None, False
+    if runtime and runtime.get("name") in GRAPH_RUNTIMES:
+        try:
+            graph, int8 = runtime_graph(runtime["artifact"], tier)
+        except ArtifactError as err:
+            if not runtime.get("optional"):
+                raise
+            log.warning("%s tier serves on torch: %s", tier, err)
     if tier == "full":
-        return load_task_model(model_dir(resolve(model_uri)), task, max_length=max_length)
-    return load_pruned(model_uri, task, max_length=max_length)
+        tm = load_task_model(model_dir(resolve(model_uri)), task, max_length=max_length)
+    else:  # on a graph runtime the INT8 graph replaces torch's quantization
+        tm = load_pruned(model_uri, task, max_length=max_length, quantized=graph is None)
+    if graph is None:
+        return tm
+    return graph_model(tm, graph, threads=threads, gpus=gpus, quantized=int8,
+                       runtime=runtime["name"])
 
 
 def pick_device(gpus: float, cuda_available: bool, task: str = "embedding") -> str:
@@ -80,12 +98,17 @@ class Job:
 class Tier:
     def __init__(self, tier: str, model_uri: str, task: str, max_length: int = 128,
                  max_batch_size: int = 16, threads: int = 1, gpus: float = 0.0,
-                 model: str | None = None, cost=None, offload: bool = False) -> None:
+                 model: str | None = None, cost=None, offload: bool = False,
+                 runtime: dict | None = None) -> None:
         torch.set_num_threads(max(1, threads))
         self.tier, self.model_name, self.cost = tier, model, cost
-        self.tm = load_tier_model(tier, model_uri, task, max_length)
-        self.device = pick_device(gpus, torch.cuda.is_available(), task)
-        self.tm.model.to(self.device)
+        self.tm = load_tier_model(tier, model_uri, task, max_length, runtime=runtime,
+                                  threads=threads, gpus=gpus)
+        if getattr(self.tm, "graph", ""):  # a graph runtime: the session's provider decides
+            self.device = "cuda" if self.tm.provider.startswith(("CUDA", "OpenVINO GPU")) else "cpu"
+        else:
+            self.device = pick_device(gpus, torch.cuda.is_available(), task)
+            self.tm.model.to(self.device)
         cfg = self.tm.model.config
         names = getattr(cfg, "id2label", None) or {}
         self.labels = [names[i] for i in sorted(names)] if names else []
@@ -107,7 +130,8 @@ class Tier:
 
     def work(self) -> dict:
         """Texts run through the model and texts dropped because their call was cancelled."""
-        return {**self.counts, "device": self.device}
+        return {**self.counts, "device": self.device,
+                "runtime": getattr(self.tm, "runtime", "torch")}
 
     async def infer(self, req: dict) -> dict:
         job, t0 = Job(req), time.perf_counter()

@@ -131,6 +131,33 @@ def test_report_has_calibration_from_the_validation_set(job):
     assert 0.0 < cal["validation"]["pruned_share"] <= 1.0
 
 
+def test_both_tiers_answer_from_the_graphs_the_job_judged(main_app, job, minilm_path):
+    """The report's runtime is ONNX Runtime (the encoder default); each tier's replica answers
+    from an ORT session over its graph, and what it answers is the eager model's vector."""
+    import torch
+    from ray import serve
+
+    from tierserve.pruning.tasks import load_task_model
+
+    _, report, _ = job
+    rt = report["runtime"]
+    assert rt["name"] == "onnxruntime" and set(rt["graphs"]) == {"full", "pruned"}
+    assert all(p["passed"] for p in rt["parity"])
+    assert any(g["metric"] == "runtime_parity" and g["passed"] for g in report["gates"])
+    for tier in ("full", "pruned"):
+        work = serve.get_deployment_handle(tier, app_name="ts-main").work.remote().result()
+        assert work["runtime"] == "onnxruntime" and work["device"] == "cpu"
+    texts = ["python web framework", "a library for reading and writing zip archives in C"]
+    r = httpx.post(f"{main_app}/v1/embed", json={"texts": texts}, headers={"X-Tier": "full"},
+                   timeout=60)
+    assert r.status_code == 200, r.text
+    served = np.asarray(r.json()["embeddings"])
+    eager = load_task_model(minilm_path, "embedding")
+    with torch.inference_mode():
+        expected = eager.outputs(eager.batch(texts)).numpy()
+    assert (served * expected).sum(1).min() >= 0.9999
+
+
 def test_every_policy_routes_as_specified(main_app):
     c = httpx.Client(timeout=60)
     r = c.post(f"{main_app}/v1/rerank", json=_rerank_body()).json()

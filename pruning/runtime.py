@@ -1,0 +1,169 @@
+"""The runtime a tier serves on: ONNX Runtime (the default for encoder tasks) or eager PyTorch.
+
+A user who does not use tierserve serves the same encoder through ONNX Runtime (Infinity,
+fastembed, TEI's CPU path), so both tiers run there by default and every number the job reports
+(quality gates, latency gate, cost ratio, cascade calibration) is measured on the runtime that
+will serve. Decoder LMs keep eager PyTorch.
+
+OpenVINO is offered as a second runtime for the same graphs (openvino_backend.py).
+
+`GraphTaskModel` is a `TaskModel` whose `outputs(batch)` runs a session over the exported graph (export.py: pooling and normalisation are inside the graph), so evaluation,
+calibration and the tiers call it exactly as they call an eager model. It keeps the eager module
+in `model` for what is read from it: the config (labels, shapes for the FLOPs ideal) and the
+forward's argument names. Graphs are protobuf files, never pickles.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .tasks import Task, TaskModel
+
+__all__ = ["GRAPH_RUNTIMES", "ONNXRUNTIME", "OPENVINO", "RUNTIMES", "TORCH", "runtime_version", "GraphTaskModel", "ServingRuntimeError", "default_runtime",
+           "graph_model", "ort_version", "providers_for", "serving_runtime", "session"]
+
+log = logging.getLogger("tierserve.runtime")
+
+ONNXRUNTIME, OPENVINO, TORCH = "onnxruntime", "openvino", "torch"
+RUNTIMES = (ONNXRUNTIME, OPENVINO, TORCH)
+GRAPH_RUNTIMES = (ONNXRUNTIME, OPENVINO)  # both serve the exported ONNX graph
+CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+class ServingRuntimeError(RuntimeError):
+    """The serving runtime cannot be used (missing package, bad graph file)."""
+
+
+def default_runtime(task: Task | str) -> str:
+    """onnxruntime for encoder tasks; decoders keep torch (no exported generate loop yet)."""
+    return TORCH if Task(task) is Task.text_generation else ONNXRUNTIME
+
+
+def runtime_version(runtime: str) -> str:
+    """The installed version of a graph runtime (a clear error when it is missing)."""
+    if runtime == OPENVINO:
+        from .openvino_backend import openvino_version
+
+        return openvino_version()
+    return ort_version()
+
+
+def serving_runtime(spec) -> str:
+    """The runtime a spec's tiers serve on: `spec.serving.runtime`, else the task's default."""
+    return spec.serving.runtime or default_runtime(spec.model.task)
+
+
+def ort_version() -> str:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ServingRuntimeError("runtime onnxruntime needs the `onnxruntime` package "
+                            "(pip install onnxruntime); or set spec.serving.runtime: torch") from exc
+    return onnxruntime.__version__
+
+
+def providers_for(gpus: float, available: list[str]) -> list[str]:
+    """Execution providers in order of preference: CUDA when the tier has GPUs and ONNX Runtime
+    sees one (then CPU as ORT's fallback for unsupported nodes), else the CPU alone."""
+    if gpus > 0 and CUDA_EP in available:
+        return [CUDA_EP, CPU_EP]
+    if gpus > 0:
+        log.warning("tier asks for %s GPU(s) but ONNX Runtime has no %s here (providers %s): "
+                    "running on CPU", gpus, CUDA_EP, available)
+    return [CPU_EP]
+
+
+def session(graph: str | Path | bytes, *, threads: int = 1, gpus: float = 0.0,
+            runtime: str = ONNXRUNTIME):
+    """An inference session over one graph (a file, or its bytes): `threads` intra-op threads
+    (the tier's cpus), one inter-op thread, every graph optimisation on. `runtime` openvino:
+    an OpenVINO compiled model behind the same surface (openvino_backend.py)."""
+    if runtime == OPENVINO:
+        from .openvino_backend import OpenVinoSession
+
+        return OpenVinoSession(graph, threads=threads, gpus=gpus)
+    ort_version()
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, int(threads))
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only: ORT's warnings would flood the tier's log
+    providers = providers_for(gpus, ort.get_available_providers())
+    where = "graph bytes" if isinstance(graph, bytes) else str(graph)
+    try:
+        return ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), opts,
+                                    providers=providers)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+        raise ServingRuntimeError(f"{where}: ONNX Runtime cannot load it "
+                                  f"({type(exc).__name__}: {str(exc)[:300]})") from exc
+
+
+@dataclass
+class GraphTaskModel(TaskModel):
+    """A `TaskModel` answering from a graph session (see the module doc): ONNX Runtime, or
+    OpenVINO with `runtime="openvino"`.
+
+    The session is made on first use with `threads` intra-op threads (0: as many as torch uses
+    in this process then). Pickled (the job's evaluation runs as Ray tasks), it carries the
+    graph's bytes instead of the session, so a task on another node needs no shared disk.
+    """
+
+    graph: str = ""  # the graph file
+    quantized: bool = False  # an INT8 graph (its weights are not `model`'s)
+    threads: int = 0
+    gpus: float = 0.0
+    runtime: str = ONNXRUNTIME  # onnxruntime | openvino
+    _session: Any = field(default=None, repr=False)
+    _bytes: bytes | None = field(default=None, repr=False)
+
+    @property
+    def session(self):
+        if self._session is None:
+            threads = self.threads or torch.get_num_threads()
+            self._session = session(self._bytes or self.graph, threads=threads, gpus=self.gpus,
+                                    runtime=self.runtime)
+        return self._session
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The exported task forward: (B, d) unit embeddings or (B, C) logits, on the CPU."""
+        s = self.session
+        feeds = {i.name: _array(batch[i.name]) for i in s.get_inputs()}
+        return torch.from_numpy(s.run(None, feeds)[0])
+
+    def __getstate__(self) -> dict:
+        state = {**self.__dict__, "_session": None}
+        if state["_bytes"] is None:
+            state["_bytes"] = Path(self.graph).read_bytes()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    a = t.detach().cpu().numpy()
+    return a.astype(np.int64, copy=False) if a.dtype.kind in "iub" else a
+
+
+def graph_model(eager: TaskModel, graph: str | Path, *, threads: int = 0, gpus: float = 0.0,
+                quantized: bool = False, runtime: str = ONNXRUNTIME) -> GraphTaskModel:
+    """`eager`'s task on `graph` (an export of it, export.py), with its preprocessor."""
+    tm = GraphTaskModel(task=eager.task, model=eager.model, processor=eager.processor,
+                      cross_encoder=eager.cross_encoder, max_length=eager.max_length,
+                      graph=str(graph), quantized=quantized, threads=threads, gpus=gpus,
+                      runtime=runtime)
+    tm.session  # noqa: B018 - load now: a bad graph fails here, not on the first request
+    return tm
