@@ -303,14 +303,14 @@ def main(argv: list[str] | None = None) -> int:
         for w in workers.values():
             w.close()
     rows = _rows(times, shapes, quality, graphs, a.threads)
-    Console().print(_table(rows))
+    Console(width=180).print(_table(rows))
     http = []
     peers_python = _peers_python(a.peers_python)
     if a.http and peers_python:
         from peers_http import http_rows
 
         http = http_rows(peers_python, quality, CACHE / "peers" / "http-run", threads=a.threads)
-        Console().print(_http_table(http))
+        Console(width=180).print(_http_table(http))
     meta = {"when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "load_avg_at_start": load, "rounds": a.rounds, "repeats": REPEATS,
