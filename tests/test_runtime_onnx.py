@@ -182,3 +182,20 @@ def test_openvino_answers_from_the_same_graph_within_the_parity_gate(graphs, deb
 
     again = pickle.loads(pickle.dumps(ov))
     assert torch.allclose(again.outputs(again.batch(texts[:3])), out, atol=1e-6)
+
+
+def test_each_tier_loads_its_graph_from_the_job_artifact_unless_overridden():
+    from tierserve.pruning.report_model import PruningReport
+    from tierserve.serving.app import tier_runtimes
+
+    doc = {"deployable": True, "artifact": {"uri": "file:///runs/x/artifacts/k"},
+           "runtime": {"name": "onnxruntime", "graphs": {"full": "onnx/full.onnx"}}}
+    full, pruned = tier_runtimes(PruningReport.read(doc), None)
+    assert full == {"name": "onnxruntime", "artifact": "file:///runs/x/artifacts/k/model"}
+    assert pruned == {**full, "optional": False}  # the job's own graph: required
+    full, pruned = tier_runtimes(PruningReport.read(doc), "/tmp/degraded")
+    assert full["artifact"].endswith("artifacts/k/model")  # full's graph stays the job's
+    assert pruned == {"name": "onnxruntime", "artifact": "/tmp/degraded", "optional": True}
+    torch_report = PruningReport.read({**doc, "runtime": {"name": "torch"}})
+    assert tier_runtimes(torch_report, None) == (None, None)
+    assert tier_runtimes(PruningReport.read({"deployable": True}), None) == (None, None)
