@@ -40,7 +40,8 @@ def test_slice_gate_catches_regressing_section_while_overall_passes(tmp_path, de
     report, code = run_job(parse_spec(_spec(debian_dir, minilm_path, [
         {"metric": "ndcg@10", "relative": floor},
         {"metric": "ndcg@10", "relative": floor, "slice": worst}])), tmp_path / "gated")
-    overall_gate, slice_gate = report["gates"]
+    overall_gate, slice_gate, parity = report["gates"]  # parity: the runtime's own gate
+    assert parity["metric"] == "runtime_parity" and parity["passed"]
     assert overall_gate["passed"] and overall_gate.get("slice") is None
     assert not slice_gate["passed"] and slice_gate["slice"] == worst
     assert slice_gate["value"] == pytest.approx(pruned[worst]["ndcg@10"], rel=1e-6)
