@@ -142,19 +142,14 @@ class Parity:
         return {**asdict(self), "passed": self.passed}
 
 
-@torch.inference_mode()
-def _rows(tm: TaskModel, examples: list, batch_size: int) -> np.ndarray:
-    out = [tm.outputs(tm.batch(examples[i:i + batch_size])).float().cpu().numpy()
-           for i in range(0, len(examples), batch_size)]
-    return np.concatenate(out)  # (N, d) or (N, C)
-
-
 def check_parity(eager: TaskModel, graph: TaskModel, examples: list, *, tier: str,
                  batch_size: int = 32) -> Parity:
     """Run `examples` through both and compare (padded batches of mixed lengths)."""
     if not examples:
         raise ValueError("parity needs at least one example")
-    e, g = _rows(eager, list(examples), batch_size), _rows(graph, list(examples), batch_size)
+    from .evaluate import encode
+
+    e, g = (encode(tm, list(examples), batch_size).numpy() for tm in (eager, graph))
     diff = float(np.abs(e - g).max())
     if not eager.is_classifier:  # unit vectors: cosine is the dot product
         cos = (e * g).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(g, axis=1) + 1e-12)
