@@ -29,10 +29,13 @@ from torch import nn
 from .gates import GateResult
 from .tasks import Task, TaskModel
 
-__all__ = ["MIN_ARGMAX_AGREEMENT", "MIN_COSINE", "OPSET", "Parity", "check_parity",
+log = logging.getLogger("tierserve.export")
+
+__all__ = ["EXPORTERS", "MIN_ARGMAX_AGREEMENT", "MIN_COSINE", "OPSET", "Parity", "check_parity",
            "export_graph", "parity_gate", "quantize_graph"]
 
 OPSET = 18
+EXPORTERS = ("torchscript", "dynamo")  # the order "auto" tries them in
 MIN_COSINE = 0.9999
 MIN_ARGMAX_AGREEMENT = 1.0
 TIE = 1e-4  # eager top-2 logits closer than this are a float tie: either argmax is the answer
@@ -71,29 +74,58 @@ def _input_names(tm: TaskModel, example: dict[str, torch.Tensor]) -> tuple[str, 
     return tuple(n for n in order if n in example and n in accepted)
 
 
-def export_graph(tm: TaskModel, path: str | Path) -> dict:
-    """Write `tm`'s task forward to `path` (one .onnx file); returns what the manifest records."""
+def export_graph(tm: TaskModel, path: str | Path, exporter: str = "auto") -> dict:
+    """Write `tm`'s task forward to `path` (one .onnx file); returns what the manifest records.
+
+    `exporter`: "torchscript" (torch.onnx's tracing exporter), "dynamo" (torch.export), or
+    "auto": TorchScript first, dynamo when TorchScript cannot export the model. TorchScript is
+    preferred because it measured better on both counts that matter here (MiniLM, 2-core Zen 4,
+    2026-12-07): its graph ran 32 x 128 tokens in 1183 ms against dynamo's 1343 ms on ONNX Runtime
+    (Infinity's optimum export: 1165 ms), and it exports in 1.5 s against 10.1 s. Either way the
+    graph must then pass the parity gate."""
     import onnx
 
+    if exporter not in EXPORTERS + ("auto",):
+        raise ValueError(f"exporter must be one of {EXPORTERS + ('auto',)}, not {exporter!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = _example(tm)
     names = _input_names(tm, example)
     dev = next(tm.model.parameters()).device
     kwargs = {n: example[n].to(dev) for n in names}
+    module = _Forward(tm).eval()
+    order = EXPORTERS if exporter == "auto" else (exporter,)
+    for i, how in enumerate(order):
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                    _quiet("torch.onnx"), torch.inference_mode(False):
+                warnings.simplefilter("ignore")
+                (_torchscript if how == "torchscript" else _dynamo)(module, kwargs, names, path)
+            onnx.checker.check_model(str(path))
+            break
+        except Exception as err:  # noqa: BLE001 - the next exporter may manage; the last raises
+            if i == len(order) - 1:
+                raise
+            log.warning("the %s exporter failed (%s: %s); trying %s", how, type(err).__name__,
+                        str(err).splitlines()[0][:200] if str(err) else "", order[i + 1])
+    return {"opset": OPSET, "inputs": list(names), "bytes": path.stat().st_size,
+            "onnx": onnx.__version__, "exporter": f"torch.onnx {how} (torch {torch.__version__})"}
+
+
+def _torchscript(module: nn.Module, kwargs: dict, names: tuple[str, ...], path: Path) -> None:
+    axes = {n: {0: "batch"} if n == "pixel_values" else {0: "batch", 1: "seq"} for n in names}
+    torch.onnx.export(module, (), str(path), kwargs=kwargs, dynamo=False, input_names=list(names),
+                      output_names=["outputs"], dynamic_axes={**axes, "outputs": {0: "batch"}},
+                      opset_version=OPSET, do_constant_folding=True)
+
+
+def _dynamo(module: nn.Module, kwargs: dict, names: tuple[str, ...], path: Path) -> None:
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     dims = {n: {0: batch} if n == "pixel_values" else {0: batch, 1: seq} for n in names}
-    module = _Forward(tm).eval()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            _quiet("torch.onnx"), torch.inference_mode(False):
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (), kwargs=kwargs, dynamo=True, input_names=list(names),
-                                    output_names=["outputs"], dynamic_shapes=dims,
-                                    opset_version=OPSET, verbose=False)
+    program = torch.onnx.export(module, (), kwargs=kwargs, dynamo=True, input_names=list(names),
+                                output_names=["outputs"], dynamic_shapes=dims,
+                                opset_version=OPSET, verbose=False)
     program.save(str(path))
-    onnx.checker.check_model(str(path))
-    return {"opset": OPSET, "inputs": list(names), "bytes": path.stat().st_size,
-            "onnx": onnx.__version__, "exporter": f"torch.onnx dynamo (torch {torch.__version__})"}
 
 
 @contextlib.contextmanager

@@ -123,6 +123,9 @@ def openvino_version() -> str:
     return openvino.__version__
 
 
+GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
+
+
 class OpenVinoSession:
     def __init__(self, graph: str | Path | bytes, *, threads: int = 1, gpus: float = 0.0) -> None:
         openvino_version()
@@ -144,7 +147,9 @@ class OpenVinoSession:
             self.compiled = core.compile_model(str(graph), device, config)
         self.device = device
         self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        self._inputs = [SimpleNamespace(name=i.get_any_name()) for i in self.compiled.inputs]
+        # an input tensor can carry several names (a traced graph adds its first consumer's):
+        # the graph's own input name is the one the feeds use
+        self._inputs = [SimpleNamespace(name=_input_name(i.get_names())) for i in self.compiled.inputs]
         self._request = self.compiled.create_infer_request()
 
     def get_inputs(self) -> list[SimpleNamespace]:
@@ -202,6 +207,11 @@ class GraphTaskModel(TaskModel):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+
+
+def _input_name(names: set[str]) -> str:
+    known = [n for n in GRAPH_INPUTS if n in names]
+    return known[0] if known else sorted(names)[0]
 
 
 def _array(t: torch.Tensor) -> np.ndarray:

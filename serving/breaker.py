@@ -10,8 +10,14 @@ full calls still waiting are answered 503 at once. A
 background probe pings the tier every `circuitProbeS` (the half-open state: the probe is the only
 traffic it gets); the first successful ping closes the circuit.
 
-Silence counts only while the tier answers nothing at all: a call or ping that timed out is not a
-miss when the tier answered anything (another call, a ping) after it was sent. An overloaded
+Silence counts only while the tier answers nothing at all: a call or ping that timed out is a
+miss when the tier answered nothing (another call, a ping) after it was sent, so it waited its
+whole bound in silence. Calls that timed out after overlapping an answer are not misses on their
+own, but they do count towards `MISSES_TO_OPEN` once a miss shows the tier has gone silent: the
+circuit opens when `MISSES_TO_OPEN` calls or pings timed out since the tier's last answer, at
+least one of them a miss. (Two clients whose calls straddle the replica's last answer before it
+dies: the first timeout overlapped that answer, the second is a miss; the old rule, misses
+only, then left the next call to wait out a whole timeout before the circuit opened.) An overloaded
 tier that keeps answering is busy, not dead; opening its circuit would fail every request
 waiting on it and throw away the work it had started (measured 2026-11-26: 32-text requests at
 64 clients, 168 of 211 503s came after 10+ s of waiting, goodput 0.55 of the peak).
@@ -40,7 +46,8 @@ class Circuit:
     opened_at: float | None = None  # monotonic seconds; None: closed
     reason: str = ""
     trips: int = 0
-    misses: int = 0  # health checks in a row that got no answer
+    misses: int = 0  # calls or health checks in a row that waited their whole bound in silence
+    unanswered: int = 0  # calls or health checks that timed out since the tier's last answer
     last_answer: float = -math.inf  # monotonic seconds of the tier's latest answer
 
     def silent_since(self, since: float) -> bool:
@@ -48,14 +55,17 @@ class Circuit:
         return self.last_answer < since
 
     def missed(self, since: float | None = None) -> int:
-        """A call or ping sent at `since` (monotonic) got no answer in time: one more miss,
-        unless the tier answered anything after `since` (busy, not silent)."""
+        """A call or ping sent at `since` (monotonic) got no answer in time. It is a miss
+        unless the tier answered anything after `since` (busy, not silent). Returns how many
+        timeouts count towards opening: none while there is no miss, else every timeout since
+        the tier's last answer."""
+        self.unanswered += 1
         if since is None or self.silent_since(since):
             self.misses += 1
-        return self.misses
+        return self.unanswered if self.misses else 0
 
     def answered(self) -> None:
-        self.misses, self.last_answer = 0, time.monotonic()
+        self.misses, self.unanswered, self.last_answer = 0, 0, time.monotonic()
 
     @property
     def is_open(self) -> bool:
@@ -71,7 +81,7 @@ class Circuit:
     def close(self) -> bool:
         """Close after a successful probe. True when it was open."""
         was = self.opened_at is not None
-        self.opened_at, self.reason, self.misses = None, "", 0
+        self.opened_at, self.reason, self.misses, self.unanswered = None, "", 0, 0
         return was
 
     def open_for(self, now: float) -> float:

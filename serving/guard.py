@@ -245,12 +245,14 @@ class Guard:
 
     def _failed(self, tier: str, err: BaseException, sent: float | None = None) -> None:
         """A call failed: an actor-death error opens the tier's circuit at once; a timeout of a
-        call sent at `sent` (monotonic) counts as an unanswered health check when the tier has
-        answered nothing since (`MISSES_TO_OPEN` in a row open it; any answer resets)."""
+        call sent at `sent` (monotonic) counts as an unanswered health check (breaker.py:
+        `MISSES_TO_OPEN` timeouts since the tier's last answer, one of them silent for its whole
+        bound, open it; any answer resets)."""
         if is_death(err):
             self._trip(tier, _brief(err))
         elif isinstance(err, TimeoutError) and self.circuits[tier].missed(sent) >= MISSES_TO_OPEN:
-            self._trip(tier, f"{MISSES_TO_OPEN} calls or health checks in a row got no answer")
+            self._trip(tier, f"{MISSES_TO_OPEN} calls or health checks timed out since its "
+                       "last answer")
 
     def _answered(self, tier: str) -> None:
         self.circuits[tier].answered()

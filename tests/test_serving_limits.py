@@ -76,7 +76,14 @@ def test_circuit_opens_once_and_closes_on_a_probe():
     sent = time.monotonic() - 1.0
     c.answered()
     assert c.missed(sent) == 0 and c.missed(sent) == 0
+    c.answered()
     assert c.missed(time.monotonic() + 1.0) == 1  # nothing answered since it was sent: silence
+    # two clients straddle the replica's last answer, then it dies: the first timeout overlapped
+    # that answer (no miss), the second waited in silence (a miss): both count, the router trips
+    c.answered()
+    assert c.missed(sent) == 0 and c.missed(time.monotonic() + 1.0) == MISSES_TO_OPEN
+    c.answered()
+    assert c.misses == c.unanswered == 0
     assert is_death(ActorDiedError()) and is_death(ActorUnavailableError("gone", b"\0" * 16))
     assert not is_death(RuntimeError("one call failed"))
     assert not is_death(RayTaskError("infer", "traceback", RuntimeError("x")))
