@@ -131,17 +131,19 @@ def calibrate_rerank(pruned, full, target: float, delta: float | None, cost_rati
 
 
 # -- the job's calibration block ----------------------------------------------------------------
-def _rerank_rows(full, pruned, queries, corpus, judged) -> tuple[np.ndarray, np.ndarray]:
-    """(Q, k) full and pruned scores of each query's rerank candidates."""
-    from .evaluate import encode
+def _rerank_rows(full, pruned, queries, corpus, judged, known=None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, k) full and pruned scores of each query's rerank candidates. `known`: each tier's
+    vectors of texts it already encoded (`evaluate.known_vectors`), reused here."""
+    from .evaluate import encode_reusing
 
     cands = rerank_candidates(queries, corpus, judged)
     used = sorted({j for c in cands for j in c})
     texts = list(queries) + [corpus[j] for j in used]
     where = {j: len(queries) + i for i, j in enumerate(used)}
     outs = []
-    for tm in (full, pruned):
-        e = encode(tm, texts).numpy()  # (Q + D_used, d)
+    for tier, tm in (("full", full), ("pruned", pruned)):
+        e = encode_reusing(tm, texts, (known or {}).get(tier))  # (Q + D_used, d)
         outs.append(np.stack([rerank_scores(e[i], e[[where[j] for j in c]])
                               for i, c in enumerate(cands)]))  # (Q, k)
     return outs[0], outs[1]
@@ -151,7 +153,7 @@ def _texts(data) -> list[str]:
     return list(getattr(data, "queries", None) or getattr(data, "texts", None) or [])
 
 
-def _outputs(full, pruned, data) -> tuple[np.ndarray, np.ndarray]:
+def _outputs(full, pruned, data, known=None) -> tuple[np.ndarray, np.ndarray]:
     """Both models' outputs on the requests the router will see: rerank candidate scores for
     retrieval data (and for similarity pairs: each first text against the second texts), else
     classifier logits."""
@@ -161,7 +163,7 @@ def _outputs(full, pruned, data) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(data, RetrievalData):
         col = {d: j for j, d in enumerate(data.doc_ids)}
         judged = [[col[d] for d in data.qrels[q]] for q in data.query_ids]
-        return _rerank_rows(full, pruned, data.queries, data.corpus, judged)
+        return _rerank_rows(full, pruned, data.queries, data.corpus, judged, known)
     if hasattr(data, "pairs"):  # embedding similarity pairs
         return _rerank_rows(full, pruned, data.texts, data.pairs,
                             [[i] for i in range(len(data.texts))])
@@ -233,8 +235,10 @@ def _with_delta(spec, delta: float | None):
         update={"calibration_delta": delta})})
 
 
-def calibration_report(spec, full, pruned, inputs) -> dict:
-    """The report's `calibration` block, computed on `inputs.validation` (else calibration data)."""
+def calibration_report(spec, full, pruned, inputs, known=None) -> dict:
+    """The report's `calibration` block, computed on `inputs.validation` (else calibration data).
+    `known`: {"full"|"pruned": {text: vector}} the evaluation already computed with these very
+    models (`evaluate.known_vectors`): the shared corpus is not encoded twice."""
     delta, note = guarantee_delta(spec, inputs.validation is not None)
     spec = _with_delta(spec, delta)
     if spec.model.task.value == "text-generation":  # decoder LMs: answer log-probability (lm.py)
@@ -249,7 +253,7 @@ def calibration_report(spec, full, pruned, inputs) -> dict:
         field = "spec.data.calibration"
     s = spec.serving
     name = default_confidence(spec.model.task.value)
-    f, p = _outputs(full, pruned, data)
+    f, p = _outputs(full, pruned, data, known)
     ratio = measured_cost_ratio(full, pruned, _texts(data))
     agree = top1_agree(p, f)
     out = {"policy": "cascade", "confidence": name, "target_agreement": s.target_agreement,

@@ -12,7 +12,7 @@ from .artifact import save_pruned
 from .calibration import calibration_report
 from .data import RetrievalData
 from .engine import DistillRun, PruneConfig, distill_result, prune, score_units
-from .evaluate import quality_kept
+from .evaluate import known_vectors, quality_kept
 from .inputs import Dataset, JobInputs
 from .pairs import SimilarityData
 from .quality import judge
@@ -141,7 +141,10 @@ def run_pipeline(spec: PrunedModelSpec, inputs: JobInputs, art: Path, tick) -> d
         "runtime": served.runtime, "gates": [g.to_dict() for g in gates],
         "search": trace, "versions": _versions(), "evaluated_on": j.evaluated_on,
         "distillation": result.report.get("distillation"),
-        "calibration": calibration_report(spec, served.full, served.pruned, inputs),  # cascade
+        "calibration": calibration_report(  # the cascade, reusing the evaluation's vectors
+            spec, served.full, served.pruned, inputs,
+            {"full": known_vectors(j.full_eval, inputs.evaluation),
+             "pruned": known_vectors(j.pruned_eval, inputs.evaluation)}),
         "seconds": time.perf_counter() - t0,
     }
 
