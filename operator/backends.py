@@ -8,6 +8,7 @@ children. Every step is idempotent, so a re-run after a crash or restart does no
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from dataclasses import replace
 from typing import Any
@@ -174,7 +175,8 @@ class RayClusterBackend:
         # installed package (a `tierserve/` folder in the Ray node's cwd, say)
         return shlex.join([self.cfg.job_python, "-P", "-m", "tierserve.operator.jobrunner",
                            "--spec-json", json.dumps(job_spec(pm, self.cfg), sort_keys=True),
-                           "--name", name, "--out", self.cfg.out_dir(ns, name, h)])
+                           "--name", name, "--out", self.cfg.out_dir(ns, name, h),
+                           "--data-roots", os.pathsep.join(self.cfg.data_roots)])
 
     def apply(self, pm: dict[str, Any], d: Decision) -> list[Event]:
         events: list[Event] = []

@@ -21,6 +21,7 @@ A PrunedModel may pick its own backend with the annotations `tierserve.io/backen
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -49,6 +50,9 @@ class OperatorConfig:
     job_python: str = "python"  # backend b: the interpreter on the Ray cluster's nodes
     job_cpus: float = 0.0  # backend b: entrypoint_num_cpus of the job's driver
     data_base: str | None = None  # where relative data paths resolve (object annotation wins)
+    # roots a spec's local data and model paths must lie under (datapaths.py): the operator's
+    # TIERSERVE_DATA_ROOTS plus its own TIERSERVE_DATA_BASE; never the object's annotation
+    data_roots: tuple[str, ...] = ()
     deadlines: Deadlines = Deadlines()
 
     @classmethod
@@ -66,6 +70,7 @@ class OperatorConfig:
             job_python=env.get("TIERSERVE_JOB_PYTHON", d.job_python),
             job_cpus=float(env.get("TIERSERVE_JOB_CPUS", d.job_cpus)),
             data_base=env.get("TIERSERVE_DATA_BASE") or None,
+            data_roots=_roots(env),
             deadlines=Deadlines(*(float(env.get(f"TIERSERVE_{k}_DEADLINE_S", v)) for k, v in (
                 ("JOB_PENDING", d.deadlines.job_pending_s), ("DEPLOY", d.deadlines.deploy_s),
                 ("UNREACHABLE", d.deadlines.unreachable_s)))),
@@ -84,6 +89,14 @@ class OperatorConfig:
     def out_dir(self, namespace: str, name: str, h: str) -> str:
         """The job's --out for one object and spec hash (stable, so a rerun reuses it)."""
         return f"{self.artifact_root}/{namespace}/{name}/{h}"
+
+
+def _roots(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Absolute allowed data roots: TIERSERVE_DATA_ROOTS (os.pathsep-separated) and
+    TIERSERVE_DATA_BASE. Relative entries are ignored (they would depend on the job's cwd)."""
+    listed = (env.get("TIERSERVE_DATA_ROOTS") or "").split(os.pathsep)
+    listed.append(env.get("TIERSERVE_DATA_BASE") or "")
+    return tuple(dict.fromkeys(posixpath.normpath(r) for r in listed if r.startswith("/")))
 
 
 def _number(text: str | None, default: float) -> float:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+from tierserve.pruning.inputs import confine
 from tierserve.pruning.job import EXIT_ERROR, run_job
 from tierserve.pruning.report import summary_table
 from tierserve.pruning.spec import SpecError, parse_spec
@@ -80,6 +82,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--namespace", help="namespace of --configmap")
     p.add_argument("--name", default="prunedmodel", help="PrunedModel name (for the report)")
     p.add_argument("--out", required=True, help="output directory (path, file://, pvc://)")
+    p.add_argument("--data-roots", help="os.pathsep-separated roots (the operator's "
+                   "TIERSERVE_DATA_ROOTS): given, every local data or model path must resolve, "
+                   "symlinks followed, under one of them or the working directory; none read "
+                   "or copied otherwise")
     return p.parse_args(argv)
 
 
@@ -88,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     pub = Publisher(args.namespace, args.configmap)
     try:
         spec = parse_spec(json.loads(args.spec_json) if args.spec_json else pub.spec())
+        if args.data_roots is not None:  # before anything is read or staged
+            confine(spec, Path.cwd(), [Path(r) for r in args.data_roots.split(os.pathsep) if r])
         if is_local(args.out):  # the data the gates are judged on, next to the artifact
             spec = stage_data(spec, Path.cwd(), resolve(args.out, must_exist=False).resolve())
         report, code = run_job(spec, args.out, name=args.name, base_dir=Path.cwd(),

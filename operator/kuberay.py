@@ -15,6 +15,7 @@ Children of one PrunedModel `NAME` whose spec hashes to `H` (all owned by it, so
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from typing import Any
 
@@ -105,7 +106,8 @@ def job_entrypoint(owner: dict[str, Any], h: str, cfg: OperatorConfig) -> list[s
     return ["python", "-P", "-m", "tierserve.operator.jobrunner",
             "--configmap", names.report_configmap_name(meta["name"], h),
             "--namespace", meta["namespace"], "--name", meta["name"],
-            "--out", cfg.out_dir(meta["namespace"], meta["name"], h)]
+            "--out", cfg.out_dir(meta["namespace"], meta["name"], h),
+            "--data-roots", os.pathsep.join(cfg.data_roots)]  # confined on the node too
 
 
 def build_rayjob(owner: dict[str, Any], h: str, cfg: OperatorConfig) -> dict[str, Any]:

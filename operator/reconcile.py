@@ -25,6 +25,7 @@ from tierserve.pruning.report_model import PruningReport
 from tierserve.pruning.spec import PrunedModelSpec, SpecError, parse_spec
 
 from .conditions import condition, set_condition
+from .datapaths import confine_data_paths
 from .names import Reason, spec_hash
 from .status import Phase, finite
 
@@ -351,8 +352,11 @@ def _decision(b: _Builder, h: str, parsed: PrunedModelSpec | None, **kw: Any) ->
 
 def reconcile(spec: dict[str, Any], generation: int, status: dict[str, Any], obs: Observed, *,
               backend: str, job_name: str | None, now: str,
-              deadlines: Deadlines | None = None) -> Decision:
-    """One level-based reconcile step; call it again whenever anything changed."""
+              deadlines: Deadlines | None = None,
+              data: tuple[str | None, tuple[str, ...]] | None = None) -> Decision:
+    """One level-based reconcile step; call it again whenever anything changed. `data`: the
+    object's data base and the operator's allowed data roots; given, a spec naming a local path
+    outside them is InvalidSpec (datapaths.py) and no job is launched."""
     h = spec_hash(spec)
     b = _Builder(status or {}, generation, now, deadlines)
     if b.old.get("specHash") != h:  # a new spec: forget the previous run, keep what serves
@@ -363,6 +367,8 @@ def reconcile(spec: dict[str, Any], generation: int, status: dict[str, Any], obs
     _promote(b, obs.serve)
     try:
         parsed = parse_spec(spec)
+        if data is not None:
+            confine_data_paths(spec, *data)
     except SpecError as err:
         _invalid(b, err, obs)
         return _decision(b, h, None, serve=b.new.get("deploying") or b.new.get("serving"),

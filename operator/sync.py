@@ -51,9 +51,10 @@ def _pass(pm: dict[str, Any], cfg: OperatorConfig, emit: Emit) -> Decision:
     except Exception as err:  # noqa: BLE001 - recorded in status, then re-raised for a retry
         _unreachable(pm, cfg, emit, err)
         raise
+    own = cfg.for_object(meta.get("annotations"))
     d = reconcile(pm["spec"], meta.get("generation", 1), status, observed,
-                  backend=cfg.for_object(meta.get("annotations")).backend,
-                  job_name=backend.job_name(pm, h), now=k8s.now(), deadlines=cfg.deadlines)
+                  backend=own.backend, job_name=backend.job_name(pm, h), now=k8s.now(),
+                  deadlines=cfg.deadlines, data=(own.data_base, cfg.data_roots))
     events, error = list(d.events), None
     try:
         events += backend.apply(pm, d)

@@ -13,9 +13,10 @@ Order of decisions in `choose_tier` (first match wins):
 `/v1/embed` never mixes vector spaces by chance: it has no confidence signal, so it goes to ONE
 tier, `embedTier` (reason `embed_tier`), whatever the policy and the shadow switch. `X-Tier`
 pins a tier explicitly (per index/collection), and a tenant listed for full goes to full. Only when
-the report's cross-tier gate passed (`embed_split`) may embed split by `prunedWeight`; then an
-`X-Tier-Key` (e.g. the collection name) is hashed so each key always lands on the same tier
-(reason `sticky`); requests without a key are split per request (reason `split`).
+the report's cross-tier gate passed (`embed_split`) may embed split by `prunedWeight`, and only
+by key: an `X-Tier-Key` (e.g. the collection name) is hashed so each key always lands on the
+same tier (reason `sticky`). Requests without a key go to `embedTier` even then: a client that
+builds one index from keyless calls (the OpenAI client sends no key) gets one vector space.
 
 A pruned error or timeout is served by full with reason `fallback` (the router does that part).
 `ShadowMonitor` turns sampled pruned-vs-full comparisons into the automatic shift to full.
@@ -148,11 +149,9 @@ def _embed_tier(req: RequestInfo, cfg: PolicyConfig) -> Decision:
         return Decision(pin, "rule")
     if req.tenant is not None and req.tenant in cfg.rules.full_tenants:
         return Decision(FULL, "rule")
-    if not cfg.embed_split:
+    if not cfg.embed_split or not req.tier_key:  # keyless: one tier, never a per-request coin
         return Decision(cfg.embed_tier, "embed_tier")
-    if req.tier_key:
-        return Decision(PRUNED if sticky_draw(req.tier_key) < cfg.pruned_weight else FULL, "sticky")
-    return Decision(PRUNED if req.draw < cfg.pruned_weight else FULL, "split")
+    return Decision(PRUNED if sticky_draw(req.tier_key) < cfg.pruned_weight else FULL, "sticky")
 
 
 def would_serve_pruned(req: RequestInfo, cfg: PolicyConfig, conf: float | None) -> bool:

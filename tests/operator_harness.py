@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,8 +76,10 @@ class Operator:
 
     def __init__(self, kubeconfig: Path, namespace: str, log_dir: Path, **env: str) -> None:
         self.kubeconfig, self.namespace, self.log_dir = kubeconfig, namespace, log_dir
+        # the tests' data lie under the temp dir and the checkout: the operator may read them
+        roots = os.pathsep.join([tempfile.gettempdir(), str(ROOT)])
         self.env = {"KUBECONFIG": str(kubeconfig), "TIERSERVE_POLL_SECONDS": "1",
-                    "PYTHONUNBUFFERED": "1", **env}
+                    "PYTHONUNBUFFERED": "1", "TIERSERVE_DATA_ROOTS": roots, **env}
         self.proc: ManagedProcess | None = None
         self.starts = 0
 

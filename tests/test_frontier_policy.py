@@ -93,6 +93,18 @@ def test_sticky_split_keeps_each_key_on_one_tier():
     assert 0.0 <= sticky_draw("x") < 1.0 and sticky_draw("x") == sticky_draw("x")
 
 
+def test_keyless_embeds_never_mix_spaces_even_when_split_is_allowed():
+    """The OpenAI client sends no key: 200 keyless calls, whatever their coins, one tier."""
+    import random
+
+    rng = random.Random(0)
+    for tier in ("full", "pruned"):
+        cfg = _cfg(embed_split=True, embed_tier=tier, pruned_weight=0.5)
+        got = {(d.tier, d.reason) for d in (choose_tier(_embed(draw=rng.random()), cfg)
+                                           for _ in range(200))}
+        assert got == {(tier, "embed_tier")}
+
+
 def test_split_allowed_only_when_every_cross_tier_gate_passed():
     ndcg = {"metric": "ndcg@10", "passed": True}
     assert not embed_split_allowed(None) and not embed_split_allowed([ndcg])

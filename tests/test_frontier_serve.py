@@ -144,6 +144,14 @@ def test_embed_splits_sticky_per_key_once_the_cross_tier_gate_passed(repo_root, 
                 r = c.post(f"{app}/v1/embed", json={"texts": ["hello"]},
                            headers={"X-Tier-Key": k}).json()
                 assert (r["tier"], r["reason"]) == (expect[k], "sticky"), k
+        # 200 keyless calls, native and OpenAI (whose client sends no key): all on embedTier,
+        # so an index built from them holds one vector space
+        native = [c.post(f"{app}/v1/embed", json={"texts": ["hello"]}).json()
+                  for _ in range(100)]
+        openai = [c.post(f"{app}/v1/embeddings", json={"model": "ts-frontier", "input": ["hello"]})
+                  for _ in range(100)]
+        assert {(r["tier"], r["reason"]) for r in native} == {("pruned", "embed_tier")}
+        assert {r.headers["x-tierserve-tier"] for r in openai} == {"pruned"}
     assert re.match(r"^http://", serve_url)
 
 

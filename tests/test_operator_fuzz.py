@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -77,8 +78,19 @@ CASES = {
                           ("Failed",), "spec.data.sliceField"),
     "bogus-text-field": (lambda s: _mutant(s, "data.textField", "no_such_field"), None,
                          ("Failed",), "spec.data.textField"),
-    "failed-job": (lambda s: _mutant(s, "model.uri", "/nonexistent/model"), None,
-                   ("Failed",), "/nonexistent/model"),
+    "failed-job": (lambda s: _mutant(s, "model.uri", f"{tempfile.gettempdir()}/nonexistent/model"),
+                   None, ("Failed",), "/nonexistent/model"),
+    # data confinement: refused before any job (the operator) or before anything is read (the
+    # job, symlinks followed); the status names the field, nothing lands in the artifact store
+    "path-escape": (lambda s: _mutant(s, "data.calibration.qrels", "../../../../../../etc/passwd"),
+                    "source-dir", ("Failed",), "spec.data.calibration.qrels"),
+    "path-absolute": (lambda s: _mutant(s, "data.evaluation.qrels", "/etc/passwd"), None,
+                      ("Failed",), "spec.data.evaluation.qrels"),
+    "path-encoded": (lambda s: _mutant(s, "data.evaluation.corpus",
+                                       f"file://{tempfile.gettempdir()}/%2e%2e/etc/passwd"),
+                     None, ("Failed",), "spec.data.evaluation.corpus"),
+    "path-symlink": (lambda s: _mutant(s, "data.calibration.qrels", "passwd-link.jsonl"),
+                     "source-dir", ("Failed",), "spec.data.calibration.qrels"),
     "replicas-over-max": (lambda s: _mutant(s, "serving.full", {"replicas": 5, "maxReplicas": 2}),
                           None, ("Failed",), "maxReplicas (2) must be >= replicas (5)"),
     "gate-min-negative": (lambda s: _mutant(s, "gates.quality.0", {"metric": "ndcg@10", "min": -1}),
@@ -114,6 +126,7 @@ def world(control_plane, ray_cluster, tmp_path_factory):
                   TIERSERVE_EVAL_WAIT_S="10", TIERSERVE_PATCH_LOG=str(patches),
                   TIERSERVE_IMAGE="tierserve:test").start()
     base = tiny_spec(tmp / "data")
+    (tmp / "data" / "passwd-link.jsonl").symlink_to("/etc/passwd")  # inside the base, leads out
     base["data"]["evaluation"]["limit"] = 40  # the one full job here: keep it short
     ann = {"source-dir": {names.ANN_SOURCE_DIR: str(tmp / "data")},
            "job-cpus": {names.ANN_JOB_CPUS: "1"}}
@@ -132,7 +145,7 @@ def world(control_plane, ray_cluster, tmp_path_factory):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_mutant_ends_in_a_terminal_phase_naming_the_cause(world, case):
-    cp, ns, op, _, _ = world
+    cp, ns, op, _, patches = world
     _, _, phases, named = CASES[case]
     st = wait_for(lambda: phase_is(cp, ns, case, *phases, "Failed", "GatesFailed", "Serving"),
                   600, f"{case}: terminal phase", interval=2)
@@ -145,6 +158,13 @@ def test_every_mutant_ends_in_a_terminal_phase_naming_the_cause(world, case):
         assert cond(st, "Waiting")["status"] == "False"
     if case == "failed-job":  # the end of the job's output: the error itself
         assert st["lastFailure"].endswith("/nonexistent/model does not exist"), st
+    if case.startswith("path-"):  # never read, never copied next to an artifact
+        secret = Path("/etc/passwd").read_bytes()
+        art = Path(patches.parent) / "art"
+        copied = [p for p in art.rglob("*") if p.is_file() and p.read_bytes() == secret]
+        assert not copied, copied
+        if case != "path-symlink":  # refused by the operator: no job at all
+            assert cond(st, "Pruned")["reason"] == "InvalidSpec", st
     if case == "missing-slice":
         row = next(g for g in st["gates"] if g.get("slice") == "no-such-slice")
         assert row["passed"] is False and "threshold" not in row  # null, never Infinity
