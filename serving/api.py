@@ -16,7 +16,8 @@ from typing import Annotated
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-__all__ = ["ClassifyRequest", "EmbedRequest", "Limits", "RerankRequest", "api"]
+__all__ = ["ClassifyRequest", "EmbedRequest", "Limits", "RerankRequest", "api", "is_openai",
+           "openai_error", "refused"]
 
 Text = Field(min_length=1, description="UTF-8 text")
 NonEmpty = Annotated[str, Field(min_length=1, description="UTF-8 text, not empty")]
@@ -77,19 +78,22 @@ class Limits:
         limit = getattr(scope["app"].state, "max_request_bytes", None) if "app" in scope else None
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if limit is not None and declared.isdigit() and int(declared) > limit:
-            return await _refuse(send, 413, _too_big(int(declared), limit))
+            return await _refuse(send, 413, _too_big(int(declared), limit), scope["path"],
+                                 scope.get("app"))
         body, more = b"", True
         while more:
             msg = await receive()
             body, more = body + msg.get("body", b""), msg.get("more_body", False)
             if limit is not None and len(body) > limit:
-                return await _refuse(send, 413, _too_big(len(body), limit))
+                return await _refuse(send, 413, _too_big(len(body), limit), scope["path"],
+                                     scope.get("app"))
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as err:
             return await _refuse(send, 400, (
                 f"request body is not valid UTF-8: byte 0x{body[err.start]:02x} at offset "
-                f"{err.start} ({err.reason}); send JSON encoded as UTF-8"))
+                f"{err.start} ({err.reason}); send JSON encoded as UTF-8"), scope["path"],
+                scope.get("app"))
         sent = False
 
         async def replay():
@@ -115,8 +119,33 @@ def _too_big(size: int, limit: int) -> str:
             f"(spec.serving.maxRequestBytes)")
 
 
-async def _refuse(send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
+OPENAI_PATHS = ("/v1/embeddings", "/v1/completions", "/v1/chat/completions", "/v1/models")
+
+
+def is_openai(path: str) -> bool:
+    """An OpenAI route (under any route prefix): its errors come in OpenAI's shape."""
+    return path.rstrip("/").endswith(OPENAI_PATHS)
+
+
+def openai_error(message: str, status: int, param: str | None = None,
+                 code: str | None = None) -> dict:
+    """OpenAI's error object: the `openai` client raises by status and reads `error.message`."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def refused(app, reason: str) -> None:
+    """Count a refusal the router never saw (the middleware's 413 / 400, FastAPI's validation
+    errors) in `tierserve_rejected_total{reason}`: the router sets `state.on_refused`."""
+    hook = getattr(getattr(app, "state", None), "on_refused", None)
+    if hook is not None:
+        hook(reason)
+
+
+async def _refuse(send, status: int, detail: str, path: str = "", app=None) -> None:
+    refused(app, "too_large" if status == 413 else "invalid")
+    body = json.dumps(openai_error(detail, status) if is_openai(path)
+                      else {"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})

@@ -206,8 +206,22 @@ def run(spec_path: str, out: str | None = None, *, once: bool = False, requests:
         return EXIT_PASSED if stage["serving"] else 130
     finally:
         _stop_ray_serve()
-        print(f"artifacts: {out_dir}  (report.json, report.html, artifacts/<key>/model; Ray and "
-              "Serve logs: ray.log, serve-logs/)", flush=True)
+        print(written(out_dir), flush=True)
+
+
+def written(out_dir: Path) -> str:
+    """What the run left in `out_dir`, naming only files that exist (a run stopped before its
+    job finished has no report, and says so)."""
+    names = ["report.json", "report.html", "ray.log", "serve-logs"]
+    found = [n for n in names if (out_dir / n).exists()]
+    models = sorted(out_dir.glob("artifacts/*/model/pruning.json"))
+    found += [str(m.parent.relative_to(out_dir)) for m in models]
+    if not found:
+        return f"artifacts: nothing was written to {out_dir}"
+    line = f"artifacts: {out_dir}  ({', '.join(found)})"
+    if "report.json" not in found:
+        line += "\n  no report: the run stopped before the job finished"
+    return line
 
 
 def _run(spec, name: str, spec_path: str, out_dir: Path, once: bool, requests: int,
@@ -224,9 +238,11 @@ def _run(spec, name: str, spec_path: str, out_dir: Path, once: bool, requests: i
 
     base = Path(spec_path).resolve().parent
     before = Load.now()
-    print(f"[1/5] pruning job -> {out_dir} (a finished artifact is reused; {before.text()})")
+    print(f"[1/5] pruning job -> {out_dir} ({before.text()})")
     with JobBars() as bars:
         report, code = run_job(spec, out_dir, name=name, base_dir=base, progress=bars)
+    if report.get("reused"):  # said only when it happened
+        print(f"      reused the finished artifact {report.get('key')} (same spec and inputs)")
     print(summary_table(report))
     if code != EXIT_PASSED:
         print("[2/5] gates failed: the pruned tier is not deployable; nothing is served")

@@ -72,12 +72,12 @@ class Metrics:
         self.cancelled = Counter("tierserve_cancelled_total", "Tier calls cancelled (timed out); "
                                  "their replica time is in the cost", ["model", "tier"], registry=r)
         self.rejected = Counter("tierserve_rejected_total", "Requests refused: reason=backpressure "
-                                "(503), too_large (413), tier_down (503)", ["model", "reason"],
-                                registry=r)
+                                "(503), too_large (413), tier_down (503), invalid (400/404/422)",
+                                ["model", "reason"], registry=r)
         self.circuit_open = Gauge("tierserve_circuit_open", "1 while the router sends nothing to "
                                   "the tier (its replica died or failed health checks)",
                                   ["model", "tier"], registry=r)
-        # issue 15 (cost model, partial escalation)
+        # the cost model and partial escalation
         self.cost_ratio = Gauge("tierserve_cost_ratio", "Pruned/full cost ratio the savings are "
                                 "priced with; source=job:measured|job:clamped_to_ideal|live|...",
                                 ["model", "source"], registry=r)
@@ -87,7 +87,7 @@ class Metrics:
                                        registry=r)
 
 
-REJECTIONS = ("backpressure", "too_large", "tier_down")
+REJECTIONS = ("backpressure", "too_large", "tier_down", "invalid")
 
 
 @dataclass

@@ -20,9 +20,11 @@ tokens past them); `stream: true` answers Server-Sent Events in OpenAI's chunk f
 with `data: [DONE]`, with a usage chunk when `stream_options.include_usage` is set. One choice
 per request (`n: 1`).
 
-Errors come in OpenAI's shape (`{"error": {"message", "type", "code"}}`) with the router's
-status codes: 400 an endpoint this model's task does not serve, 404 another `model`, 413/422 the
-request limits, 503 + Retry-After when a tier is saturated or down.
+Errors come in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`) with OpenAI's
+status codes: 400 an invalid request (a body that does not parse, a wrong or missing field with
+the field in `param`, too many items, an empty text) or an endpoint this model's task does not
+serve (naming the routes it does serve), 404 another `model`, 413 a body over
+`maxRequestBytes`, 503 + Retry-After when a tier is saturated or down.
 
 `OpenAIRoutes` is a mixin of `router.Router`: its methods are FastAPI routes on the router's app
 and call the router's own routing (`_check`, `_route`, `_stream`). (No `from __future__ import
@@ -37,10 +39,16 @@ from typing import Literal
 
 import numpy as np
 from fastapi import HTTPException, Request
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .api import api
+from .api import api, is_openai, openai_error, refused
 
 __all__ = ["ChatRequest", "CompletionRequest", "EmbeddingsRequest", "OpenAIRoutes",
            "cut_at_stop", "held_back"]
@@ -128,16 +136,42 @@ def _chunk(kind: str, rid: str, model: str, piece: str | None, finish: str | Non
             "choices": [choice]}
 
 
-_ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 413:
-                "invalid_request_error", 422: "invalid_request_error", 503: "server_error"}
+INVALID = (400, 404, 422)  # statuses counted as tierserve_rejected_total{reason="invalid"}
 
 
 def _error(exc: HTTPException) -> JSONResponse:
-    """An HTTPException in OpenAI's error shape (the client reads `error.message`)."""
+    """An HTTPException in OpenAI's error shape (the client reads `error.message`). OpenAI
+    answers an invalid request with 400: our 422s (request limits) become 400 here."""
+    status = 400 if exc.status_code == 422 else exc.status_code
     code = "model_not_found" if exc.status_code == 404 else None
-    return JSONResponse({"error": {"message": str(exc.detail), "code": code, "param": None,
-                                   "type": _ERROR_TYPES.get(exc.status_code, "server_error")}},
-                        status_code=exc.status_code, headers=exc.headers)
+    detail = str(exc.detail)
+    param = detail.split(":", 1)[0] if exc.status_code == 422 and ":" in detail[:40] else None
+    return JSONResponse(openai_error(detail, status, param, code), status_code=status,
+                        headers=exc.headers)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    """A native route's 400 / 404 / 422 (a bad request the router refused) counts as `invalid`;
+    413 and 503 were counted where they were raised (guard.py)."""
+    if exc.status_code in INVALID:
+        refused(request.app, "invalid")
+    return await http_exception_handler(request, exc)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError):
+    """A body that does not parse or has wrong fields: OpenAI's 400 on the OpenAI routes (the
+    field in `param`), FastAPI's 422 naming the field everywhere else. Counted as `invalid`."""
+    refused(request.app, "invalid")
+    if not is_openai(request.url.path):
+        return await request_validation_exception_handler(request, exc)
+    errors = exc.errors()
+    where = [".".join(str(x) for x in e.get("loc", ()) if x != "body") for e in errors]
+    message = "; ".join(f"{w or 'body'}: {e.get('msg', 'invalid')}" for w, e in zip(
+        where, errors, strict=True)) or "invalid request body"
+    return JSONResponse(openai_error(message, 400, where[0] if where and where[0] else None),
+                        status_code=400)
 
 
 def _event(payload: dict | str) -> bytes:
@@ -200,7 +234,7 @@ class OpenAIRoutes:
         try:
             return await self._openai_embed(body, request)
         except HTTPException as exc:
-            return _error(exc)
+            return self._fail(exc)
 
     @api.post("/v1/completions")
     async def openai_completions(self, body: CompletionRequest, request: Request):
@@ -211,7 +245,7 @@ class OpenAIRoutes:
             return await self._openai_generate("text", body, prompts[0], {"chat": False},
                                                request)
         except HTTPException as exc:
-            return _error(exc)
+            return self._fail(exc)
 
     @api.post("/v1/chat/completions")
     async def openai_chat(self, body: ChatRequest, request: Request):
@@ -223,15 +257,21 @@ class OpenAIRoutes:
             return await self._openai_generate("chat", body, last, {"messages": messages},
                                                request)
         except HTTPException as exc:
-            return _error(exc)
+            return self._fail(exc)
 
     # -- helpers --------------------------------------------------------------------------------
+    def _fail(self, exc: HTTPException) -> JSONResponse:
+        """OpenAI's error shape; a bad request counts as `invalid` (413 / 503: already counted)."""
+        if exc.status_code in INVALID:
+            self._reject("invalid")
+        return _error(exc)
+
     async def _openai_embed(self, body: EmbeddingsRequest, request: Request) -> JSONResponse:
         self._openai_model(body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
         if not texts or not all(texts):
             raise HTTPException(422, "input: every text must be a non-empty string")
-        self._check("embed", len(texts), "texts")
+        self._check("embed", len(texts), "texts", route="/v1/embeddings")
         reply, tier, reason, conf = await self._route("embed", texts, request)
         vectors = np.asarray(reply["outputs"], dtype=np.float32)
         encode = _b64 if body.encoding_format == "base64" else (lambda v: v.tolist())
@@ -255,7 +295,8 @@ class OpenAIRoutes:
     async def _openai_generate(self, kind: str, body: _Generation, text: str, how: dict,
                                request: Request):
         self._openai_model(body.model)
-        self._check("generate", 1, "prompts")
+        self._check("generate", 1, "prompts",
+                    route="/v1/chat/completions" if kind == "chat" else "/v1/completions")
         max_new = getattr(body, "max_completion_tokens", None) or body.max_tokens or 16
         extra = {"max_new_tokens": max_new, "temperature": body.temperature or 0.0, **how}
         if body.stream:

@@ -79,6 +79,20 @@ _OPS = {"embedding": {"embed", "rerank"}, "rerank": {"rerank"},
         "text-generation": {"generate"}}
 
 
+_OPENAI_ROUTES = {"embed": ("/v1/embeddings",),
+                  "generate": ("/v1/completions", "/v1/chat/completions")}
+
+
+def served_routes(task: str, openai: bool = False) -> list[str]:
+    """The routes a task's model serves: OpenAI's (and the native ones OpenAI has no route for)
+    with `openai`, else the native ones."""
+    ops = sorted(_OPS.get(task, ()))
+    if not openai:
+        return [f"/v1/{o}" for o in ops]
+    return [r for o in ops for r in _OPENAI_ROUTES.get(o, ())] + [
+        f"/v1/{o} (tierserve)" for o in ops if o not in _OPENAI_ROUTES]
+
+
 def _inputs(reply: dict) -> dict:
     """What the reply says about the request's inputs: were texts cut, how many tokens ran."""
     return {"truncated": bool(reply.get("truncated")), "input_tokens": reply.get("input_tokens")}
@@ -140,6 +154,7 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
         ideal = ((config.get("calibration") or {}).get("cost_ratio") or {}).get("ideal")
         self.live_ratio = LiveRatio(lo=ideal or 1e-3)  # refreshed from both tiers' replies
         api.state.max_request_bytes = s.max_request_bytes
+        api.state.on_refused = self._reject  # refusals made before a route runs (api.py)
         self.tokenizer = _tokenizer(spec) if s.rules.max_pruned_tokens else None
         self.gate = s.target_agreement
         self.stats = stats_actor(self.name, s.target_agreement, s.shadow_window,
@@ -185,12 +200,13 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
                 "labels": [names[int(i)] for i in logits.argmax(1)]}
 
     @api.post("/v1/generate", response_model=GenerateResponse)
-    async def generate(self, body: GenerateRequest, request: Request):
+    async def generate(self, body: GenerateRequest, request: Request, response: Response):
         self._check("generate", 1, "prompts")
         req = {"max_new_tokens": body.max_new_tokens}
         if body.stream:
             return await self._stream([body.prompt], req, request)
-        reply, tier, reason, conf = await self._route("generate", [body.prompt], request, req)
+        reply, tier, reason, conf = await self._route("generate", [body.prompt], request, req,
+                                                      response=response)
         return {**self._routed(tier, reason, conf), **answer_fields(reply)}
 
     @api.get("/healthz")
@@ -209,10 +225,14 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
         return Response(await self.stats.render.remote(), media_type=CONTENT_TYPE_LATEST)
 
     # -- routing --------------------------------------------------------------------------------
-    def _check(self, op: str, n: int, what: str) -> None:
+    def _check(self, op: str, n: int, what: str, route: str | None = None) -> None:
+        """400 naming the route called (`route`, default /v1/`op`) and the ones this model's
+        task serves, in the style of the call (OpenAI routes for an OpenAI route)."""
         if op not in _OPS.get(self.task, set()):
-            raise HTTPException(400, f"/v1/{op} is not served for task {self.task}; this model "
-                                f"serves {sorted('/v1/' + o for o in _OPS.get(self.task, ()))}")
+            called = route or f"/v1/{op}"
+            served = served_routes(self.task, openai=route is not None)
+            raise HTTPException(400, f"{called} is not served for task {self.task}; this model "
+                                f"serves {', '.join(served) or 'no route of this kind'}")
         if n > self.max_items:
             raise HTTPException(422, f"{n} {what} in one request; the limit is {self.max_items} "
                                 f"(spec.serving.maxItems)")
@@ -354,8 +374,10 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
         self._commit()  # in the replica's journal before the reply leaves (guard.py)
         f.stages["commit"] = 1000 * (time.perf_counter() - t_commit)
         request.state.router_ms = 1000 * (time.perf_counter() - f.t0 - sum(f.waited))
-        if response is not None:
+        if response is not None:  # native replies name the tier as the OpenAI routes do
             response.headers[STAGES_HEADER] = stage_header(f.stages)
+            response.headers["x-tierserve-tier"] = f.tier
+            response.headers["x-tierserve-reason"] = f.reason
         if f.decision.shadow:
             self._shadow(f.info, op, f.req, f.tier, f.reason, f.reply)
         return f.reply, f.tier, f.reason, f.conf

@@ -186,3 +186,18 @@ def test_job_stages_become_one_bar_per_phase():
                       "evaluation", "saving"]
     assert Load(3.0, 2).busy and not Load(0.5, 2).busy
     assert Load(1.25, 2).text() == "load 1.2 on 2 cores"
+
+
+def test_the_closing_line_names_only_files_that_exist(tmp_path):
+    from tierserve.serving.embedded import written
+
+    assert written(tmp_path) == f"artifacts: nothing was written to {tmp_path}"
+    (tmp_path / "ray.log").write_text("")
+    line = written(tmp_path)  # stopped during the job: a log, no report
+    assert "report.json" not in line.splitlines()[0] and "ray.log" in line
+    assert "no report: the run stopped before the job finished" in line
+    (tmp_path / "report.json").write_text("{}")
+    (tmp_path / "artifacts/k1/model").mkdir(parents=True)
+    (tmp_path / "artifacts/k1/model/pruning.json").write_text("{}")
+    line = written(tmp_path)
+    assert line == f"artifacts: {tmp_path}  (report.json, ray.log, artifacts/k1/model)"

@@ -123,6 +123,28 @@ def test_embedding_errors_are_client_errors(embed_app):
         client.embeddings.create(model="gpt-4", input="x")
     with pytest.raises(openai.BadRequestError, match="not served for task embedding"):
         client.completions.create(model="oa-embed", prompt="hello", max_tokens=2)
+    # the route called and the routes served, in OpenAI's terms (not /v1/generate)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="oa-embed", messages=[{"role": "user",
+                                                                    "content": "hi"}])
+    assert err.value.message.startswith("/v1/chat/completions is not served for task embedding")
+    assert "/v1/embeddings" in err.value.message and "/v1/generate" not in err.value.message
+    # invalid bodies: OpenAI's 400 and error object, the field in `param` (not FastAPI's 422)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(model="oa-embed", input=[""])
+    assert (err.value.type, err.value.param) == ("invalid_request_error", "input")
+    r = httpx.post(f"{base}/v1/embeddings", json={"model": "oa-embed"}, timeout=60)
+    assert r.status_code == 400 and set(r.json()) == {"error"}, r.text
+    assert r.json()["error"]["param"] == "input" and "Field required" in r.json()["error"]["message"]
+    r = httpx.post(f"{base}/v1/embeddings", content=b"{not json",
+                   headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    # the native routes keep their own shape, and now name the tier in headers too
+    r = httpx.post(f"{base}/v1/embed", json={"texts": []}, timeout=60)
+    assert r.status_code == 422 and "detail" in r.json()
+    r = httpx.post(f"{base}/v1/embed", json={"texts": ["x"]}, timeout=60)
+    assert r.headers["x-tierserve-tier"] == r.json()["tier"]
+    assert r.headers["x-tierserve-reason"] == r.json()["reason"]
 
 
 def test_completions_usage_stop_and_streaming(gen_app):

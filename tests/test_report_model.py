@@ -146,3 +146,22 @@ def test_a_compact_or_no_result_report_is_valid():
 def test_a_bad_report_names_the_field(patch, field):
     with pytest.raises(ReportError, match=f"report.json {field}"):
         PruningReport.read({**job_report(), **patch})
+
+
+def test_tierserve_report_without_a_report_is_one_line_and_exit_1(tmp_path):
+    import subprocess
+    import sys
+
+    def report(target) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tierserve.cli", "report", str(target)],
+                              capture_output=True, text=True, timeout=120)
+
+    empty = report(tmp_path)  # an interrupted run: no report.json
+    assert empty.returncode == 1 and "Traceback" not in empty.stderr
+    assert empty.stderr.strip().count("\n") == 0 and "report.json does not exist" in empty.stderr
+    (tmp_path / "report.json").write_text('{"deployable": ')
+    broken = report(tmp_path)
+    assert broken.returncode == 1 and "JSONDecodeError" in broken.stderr
+    assert "Traceback" not in broken.stderr
+    missing = report(tmp_path / "nope")
+    assert missing.returncode == 1 and "does not exist" in missing.stderr

@@ -178,16 +178,47 @@ def test_every_policy_routes_as_specified(main_app):
     assert len(tiers[0]["embeddings"][0]) == 384 and tiers[0]["truncated"] is False
 
 
-def test_limits_and_errors_say_what_is_wrong(main_app):
+def _rejected(app: str) -> dict[str, float]:
+    text = httpx.get(f"{app}/metrics", timeout=30).text
+    out = {}
+    for ln in text.splitlines():
+        if ln.startswith("tierserve_rejected_total{"):
+            reason = ln.split('reason="')[1].split('"')[0]
+            out[reason] = out.get(reason, 0.0) + float(ln.split()[-1])
+    return out
+
+
+def test_limits_and_errors_say_what_is_wrong_and_each_is_counted(main_app):
+    before = _rejected(main_app)
     c = httpx.Client(timeout=60)
     r = c.post(f"{main_app}/v1/rerank", json=_rerank_body(docs=["d"] * 33))
     assert r.status_code == 422 and "limit is 32" in r.json()["detail"]
     r = c.post(f"{main_app}/v1/embed", json={"texts": ["x" * 30000]})
     assert r.status_code == 413 and "at most 20000" in r.json()["detail"]
+    r = c.post(f"{main_app}/v1/embeddings", json={"model": "ts-main", "input": ["x" * 30000]})
+    assert r.status_code == 413 and "at most 20000" in r.json()["error"]["message"]
     r = c.post(f"{main_app}/v1/rerank", json={"query": "q"})
     assert r.status_code == 422 and "documents" in r.text
     r = c.post(f"{main_app}/v1/classify", json={"texts": ["x"]})
     assert r.status_code == 400 and "embedding" in r.json()["detail"]
+    assert "/v1/embed, /v1/rerank" in r.json()["detail"]
+    r = c.post(f"{main_app}/v1/embed", content=b'{"texts": ["caf\xe9"]}',
+               headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid UTF-8" in r.json()["detail"]
+    r = c.post(f"{main_app}/v1/embeddings", json={"model": "ts-main", "input": []})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = c.post(f"{main_app}/v1/embeddings", json={"model": "other", "input": ["x"]})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    # the script sent 2 oversized bodies and 6 invalid requests: the counters say exactly that
+    want = {"too_large": 2, "invalid": 6}
+    deadline = time.monotonic() + 20  # every router replica's refusals reach the stats actor
+    while True:
+        after = _rejected(main_app)
+        got = {k: after.get(k, 0) - before.get(k, 0) for k in want}
+        if got == want or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert got == want, (got, after)
     assert c.get(f"{main_app}/openapi.json").json()["paths"].keys() >= {
         "/v1/embed", "/v1/rerank", "/v1/classify", "/healthz"}
     assert c.get(f"{main_app}/healthz").json()["status"] == "ok"

@@ -60,9 +60,24 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from tierserve.pruning.report import load_report, summary_table
+    """The summary, or one line saying why there is none (exit 1), never a traceback."""
+    from pydantic import ValidationError
 
-    print(summary_table(load_report(args.uri)))
+    from tierserve.pruning.report import load_report, summary_table
+    from tierserve.pruning.storage import StorageError
+
+    try:
+        report = load_report(args.uri)
+    except FileNotFoundError as err:
+        print(f"error: no report at {args.uri}: {err.filename} does not exist (the run did not "
+              "finish, or this is not a run directory)", file=sys.stderr)
+        return 1
+    except (StorageError, ValidationError, ValueError, OSError) as err:
+        first = str(err).splitlines()[0] if str(err) else ""
+        print(f"error: {args.uri} is not a readable report: {type(err).__name__}: {first}",
+              file=sys.stderr)
+        return 1
+    print(summary_table(report))
     return 0
 
 
