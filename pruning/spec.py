@@ -184,6 +184,9 @@ class Gate(_Model):
         lo, hi = _metric_range(self.metric)
         if self.min is not None and not lo <= self.min <= hi:
             raise ValueError(f"min: {self.min} is outside the range of {self.metric} [{lo}, {hi}]")
+        if self.min is not None and self.min <= lo:  # every model meets it: no gate at all
+            raise ValueError(f"min: {self.min} is at the floor of {self.metric} ({lo}): a gate "
+                             "that always passes; give a floor above it, or drop the gate")
         return self
 
 

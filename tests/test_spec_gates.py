@@ -52,6 +52,9 @@ def test_examples_parse_as_manifests(repo_root):
     ("gates.quality", [{"metric": "accuracy"}], "spec.gates.quality.0"),
     ("pruning.structures", [], "spec.pruning.structures"),
     ("recovery.rescal", True, "spec.recovery.rescal"),
+    # a floor at the metric's own floor always passes: refused, not a silent no-op
+    ("gates.quality", [{"metric": "embedding_cosine", "min": -1}], "spec.gates.quality.0"),
+    ("gates.quality", [{"metric": "ndcg@10", "min": 0}], "spec.gates.quality.0"),
 ])
 def test_invalid_spec_names_the_field(path, value, field):
     with pytest.raises(SpecError) as err:
