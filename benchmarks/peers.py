@@ -35,6 +35,7 @@ import datetime
 import json
 import os
 import platform
+import select
 import statistics
 import subprocess
 import sys
@@ -119,6 +120,9 @@ def build_graphs(out: Path, levels=(0.3, 0.5)) -> dict[str, dict]:
     return graphs
 
 
+ASK_DEADLINE_S = 900.0  # one worker command: a model load, or one timed round of one shape
+
+
 class Worker:
     """One engine in its own process (benchmarks/peer_worker.py), asked over JSON lines."""
 
@@ -129,9 +133,16 @@ class Worker:
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True, env=env)
 
-    def ask(self, **cmd) -> dict:
+    def ask(self, deadline_s: float = ASK_DEADLINE_S, **cmd) -> dict:
+        """One command, answered within `deadline_s` (a load or a timed round); past it the
+        worker is killed and the error names the engine and the command it waited for."""
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], deadline_s)
+        if not ready:
+            self.proc.kill()
+            raise TimeoutError(f"{self.label}: no answer to {cmd.get('op')!r} within "
+                               f"{deadline_s:g} s; worker killed")
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"{self.label}: worker exited ({self.proc.wait()})")
