@@ -83,7 +83,9 @@ def test_ray_head_restart_never_resubmits_a_failed_job(control_plane, namespace,
                   TIERSERVE_JOB_PYTHON=sys.executable, TIERSERVE_PATCH_LOG=str(patches)).start()
     try:
         spec = tiny_spec(tmp_path / "data")
-        broken = {**spec, "model": {**spec["model"], "uri": "/nonexistent/model"}}
+        # inside the operator's data roots (the temp dir), so a job is launched and fails there
+        missing = f"{tempfile.gettempdir()}/nonexistent/model"
+        broken = {**spec, "model": {**spec["model"], "uri": missing}}
         cp.kubectl("apply", "-n", ns, "-f", "-", input=manifest("broken", broken))
         # a job that cannot start on this 2-CPU head: it waits (pending) until adopted/deleted
         cp.kubectl("apply", "-n", ns, "-f", "-", input=manifest(
