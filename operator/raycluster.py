@@ -111,9 +111,14 @@ def job_state(info: dict[str, Any] | None, submission_id: str, error: str | None
 
 
 def tail(text: str, limit: int = MESSAGE_TAIL) -> str:
-    """The last `limit` characters (a traceback ends with the exception), marked when cut."""
+    """At most `limit` characters: a long message keeps the start of its first line (the
+    exception's name and the field it names) and its end (a traceback ends with the exception),
+    joined by " ... " where it was cut."""
     text = text.strip()
-    return text if len(text) <= limit else "..." + text[-limit:]
+    if len(text) <= limit:
+        return text
+    head = text.splitlines()[0][: limit // 4].rstrip()
+    return f"{head} ... {text[-(limit - len(head) - 5):]}"
 
 
 # -- serve ---------------------------------------------------------------------------------------

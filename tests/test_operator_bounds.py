@@ -282,3 +282,16 @@ def test_a_tierserve_folder_in_the_jobs_cwd_cannot_shadow_the_package(tmp_path: 
 def test_report_summary_rows_always_say_passed():
     rows = report_summary(_report(H))["gates"]
     assert rows == [{"metric": "ndcg@10", "value": 0.8, "threshold": 0.7, "passed": True}]
+
+
+def test_a_long_error_keeps_its_exception_name_first_line_and_end():
+    from tierserve.operator.raycluster import tail
+
+    uri = "/data/" + "x" * 5000
+    msg = f"DataError: spec.model.uri: {uri} cannot be resolved: {uri} does not exist"
+    cut = tail(msg)
+    assert len(cut) <= 1000 and cut.startswith("DataError: spec.model.uri: /data/xxx")
+    assert cut.endswith("does not exist") and " ... " in cut
+    trace = "Traceback (most recent call last):\n" + "  frame\n" * 400 + "KeyError: 'qrels'"
+    assert tail(trace).endswith("KeyError: 'qrels'") and tail(trace).startswith("Traceback")
+    assert tail("  short  ") == "short"
