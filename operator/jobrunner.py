@@ -19,14 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-from tierserve.pruning.inputs import confine
 from tierserve.pruning.job import EXIT_ERROR, run_job
 from tierserve.pruning.report import summary_table
 from tierserve.pruning.spec import SpecError, parse_spec
 from tierserve.pruning.storage import is_local, resolve
 
 from . import report_store as rs
-from .stage import stage_data
+from .stage import confine, stage_data
 
 __all__ = ["main"]
 

@@ -13,12 +13,13 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from tierserve.pruning.data import DataError
 from tierserve.pruning.spec import PrunedModelSpec
-from tierserve.pruning.storage import scheme_of
+from tierserve.pruning.storage import StorageError, resolve, scheme_of
 
 from .datapaths import DATA_FIELDS, SOURCES
 
-__all__ = ["stage_data"]
+__all__ = ["confine", "stage_data"]
 
 
 def _sha(path: Path) -> str:
@@ -57,3 +58,35 @@ def stage_data(spec: PrunedModelSpec, base: Path, out_dir: Path) -> PrunedModelS
                   for f in DATA_FIELDS if getattr(src, f, None)}
         updates[where] = src.model_copy(update=fields)
     return spec.model_copy(update={"data": data.model_copy(update=updates)})
+
+
+def _local_fields(spec: PrunedModelSpec) -> list[tuple[str, str]]:
+    """(spec field, value) of every data file and the model the job will read."""
+    fields = [("spec.model.uri", spec.model.uri)]
+    for where in SOURCES:
+        src = getattr(spec.data, where, None)
+        fields += [(f"spec.data.{where}.{f}", getattr(src, f)) for f in DATA_FIELDS
+                   if src is not None and getattr(src, f, None)]
+    return fields
+
+
+def confine(spec: PrunedModelSpec, base_dir: Path, roots: list[Path]) -> None:
+    """Refuse (DataError naming the field) any local data or model path that resolves, symlinks
+    followed, outside `roots`; a relative path may also resolve under `base_dir`, its base. The
+    operator runs the job with its allowed data roots (`--data-roots`) after checking the spec's
+    strings (datapaths.py); this is the same rule where the files are, so a symlink cannot lead
+    out either. Run before `stage_data`: nothing has been read or copied when it refuses."""
+    allowed = [r.resolve() for r in roots]
+    for field_name, uri in _local_fields(spec):
+        if scheme_of(uri) not in ("", "file"):
+            continue
+        relative = scheme_of(uri) == "" and not Path(uri).is_absolute()
+        plain = uri.removeprefix("file://")  # relative ones resolve as the loader's do
+        try:
+            real = (resolve(uri) if Path(plain).is_absolute() else base_dir / plain).resolve()
+        except (OSError, RuntimeError, StorageError) as err:  # missing, or a symlink loop
+            raise DataError(f"{field_name}: {uri} cannot be resolved: {err}") from err
+        ok = [*allowed, base_dir.resolve()] if relative else allowed
+        if not any(real.is_relative_to(a) for a in ok):
+            raise DataError(f"{field_name}: {uri} resolves to {real}, outside the data roots "
+                            f"this job may read ({', '.join(map(str, ok)) or 'none'})")

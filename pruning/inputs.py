@@ -10,7 +10,7 @@ from .data import ClassificationData, DataError, RetrievalData, load_classificat
 from .gguf import model_dir
 from .pairs import SimilarityData, load_similarity
 from .spec import DataSource, PrunedModelSpec
-from .storage import StorageError, resolve, scheme_of
+from .storage import resolve, scheme_of
 from .tasks import Task
 
 __all__ = ["Dataset", "JobInputs", "head_queries", "load_inputs"]
@@ -98,33 +98,6 @@ def _label_names(model_path: Path) -> tuple[str, ...] | None:
     names = cfg.get("id2label") or {}
     labels = tuple(names[k] for k in sorted(names, key=int))
     return None if not labels or all(n.startswith("LABEL_") for n in labels) else labels
-
-
-def confine(spec: PrunedModelSpec, base_dir: Path, roots: list[Path]) -> None:
-    """Refuse (DataError naming the field) any local data or model path that resolves, symlinks
-    followed, outside `roots`; a relative path may also resolve under `base_dir`, its base. The
-    operator runs the job with its allowed data roots (`--data-roots`) after checking the spec's
-    strings (operator/datapaths.py); this is the same rule where the files are, so a symlink
-    cannot lead out either. Nothing has been read or copied when it refuses."""
-    allowed = [r.resolve() for r in roots]
-    fields = [("spec.model.uri", spec.model.uri)]
-    for where in ("calibration", "validation", "evaluation", "distillation"):
-        src = getattr(spec.data, where)
-        for key in ("uri", "queries", "corpus", "qrels"):
-            if src is not None and getattr(src, key):
-                fields.append((f"spec.data.{where}.{key}", getattr(src, key)))
-    for field_name, uri in fields:
-        if scheme_of(uri) not in ("", "file"):
-            continue
-        relative = scheme_of(uri) == "" and not Path(uri).is_absolute()
-        try:
-            real = _local(uri, base_dir).resolve()
-        except (OSError, RuntimeError, StorageError) as err:  # a symlink loop, say
-            raise DataError(f"{field_name}: {uri} cannot be resolved: {err}") from err
-        ok = [*allowed, base_dir.resolve()] if relative else allowed
-        if not any(real.is_relative_to(a) for a in ok):
-            raise DataError(f"{field_name}: {uri} resolves to {real}, outside the data roots "
-                            f"this job may read ({', '.join(map(str, ok)) or 'none'})")
 
 
 def load_inputs(spec: PrunedModelSpec, base_dir: Path) -> JobInputs:

@@ -152,10 +152,13 @@ def _error(exc: HTTPException) -> JSONResponse:
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException):
-    """A native route's 400 / 404 / 422 (a bad request the router refused) counts as `invalid`;
-    413 and 503 were counted where they were raised (guard.py)."""
+    """Every route's HTTPException: a 400 / 404 / 422 (a bad request the router refused) counts
+    as `invalid` (413 and 503 were counted where they were raised, guard.py); OpenAI's routes
+    answer in OpenAI's shape, the native ones in FastAPI's."""
     if exc.status_code in INVALID:
         refused(request.app, "invalid")
+    if is_openai(request.url.path):
+        return _error(exc)
     return await http_exception_handler(request, exc)
 
 
@@ -231,41 +234,24 @@ class OpenAIRoutes:
 
     @api.post("/v1/embeddings")
     async def openai_embeddings(self, body: EmbeddingsRequest, request: Request):
-        try:
-            return await self._openai_embed(body, request)
-        except HTTPException as exc:
-            return self._fail(exc)
+        return await self._openai_embed(body, request)
 
     @api.post("/v1/completions")
     async def openai_completions(self, body: CompletionRequest, request: Request):
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        try:
-            if len(prompts) != 1 or not prompts[0]:
-                raise HTTPException(422, "prompt: one non-empty prompt per request")
-            return await self._openai_generate("text", body, prompts[0], {"chat": False},
-                                               request)
-        except HTTPException as exc:
-            return self._fail(exc)
+        if len(prompts) != 1 or not prompts[0]:
+            raise HTTPException(422, "prompt: one non-empty prompt per request")
+        return await self._openai_generate("text", body, prompts[0], {"chat": False}, request)
 
     @api.post("/v1/chat/completions")
     async def openai_chat(self, body: ChatRequest, request: Request):
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        try:
-            if not any(m["content"] for m in messages):
-                raise HTTPException(422, "messages: no text content")
-            last = next(m["content"] for m in reversed(messages) if m["content"])
-            return await self._openai_generate("chat", body, last, {"messages": messages},
-                                               request)
-        except HTTPException as exc:
-            return self._fail(exc)
+        if not any(m["content"] for m in messages):
+            raise HTTPException(422, "messages: no text content")
+        last = next(m["content"] for m in reversed(messages) if m["content"])
+        return await self._openai_generate("chat", body, last, {"messages": messages}, request)
 
     # -- helpers --------------------------------------------------------------------------------
-    def _fail(self, exc: HTTPException) -> JSONResponse:
-        """OpenAI's error shape; a bad request counts as `invalid` (413 / 503: already counted)."""
-        if exc.status_code in INVALID:
-            self._reject("invalid")
-        return _error(exc)
-
     async def _openai_embed(self, body: EmbeddingsRequest, request: Request) -> JSONResponse:
         self._openai_model(body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input

@@ -14,8 +14,8 @@ import yaml
 from tierserve.operator.config import OperatorConfig
 from tierserve.operator.datapaths import confine_data_paths
 from tierserve.operator.reconcile import Observed, reconcile
+from tierserve.operator.stage import confine
 from tierserve.pruning.data import DataError
-from tierserve.pruning.inputs import confine
 from tierserve.pruning.spec import SpecError, parse_spec
 
 ROOTS = ("/srv/data", "/opt/tierserve/examples")
