@@ -251,7 +251,7 @@ def _start(args):
     from tierserve.pruning.job import run_job
     from tierserve.pruning.spec import load_spec
     from tierserve.serving.app import build_app
-    from tierserve.serving.embedded import _absolute_model_uri, _ensure_calibration
+    from tierserve.serving.embedded import absolute_model_uri, ensure_calibration
 
     spec, name = load_spec(args.spec)
     base = Path(args.spec).resolve().parent
@@ -259,12 +259,12 @@ def _start(args):
     if code != 0:
         print("gates failed; nothing to serve", file=sys.stderr)
         return None
-    report = _ensure_calibration(report, spec, base, Path(args.out).resolve())
+    report = ensure_calibration(report, spec, base, Path(args.out).resolve())
     # logical CPUs: 2 tiers + the single-tier baseline + the colocated app's router and full
     ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     doc = yaml.safe_load(Path(args.spec).read_text())
-    spec_doc = _absolute_model_uri(doc.get("spec", doc), base)
+    spec_doc = absolute_model_uri(doc.get("spec", doc), base)
     separate = dict(spec_doc.get("serving") or {})  # a pruned deployment of its own (handles, faults)
     separate["router"] = {**(separate.get("router") or {}), "colocatePruned": False}
     serve.run(build_app({"name": "bench", "spec": {**spec_doc, "serving": separate}, "report": str(Path(args.out).resolve())}),

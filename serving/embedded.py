@@ -27,7 +27,7 @@ __all__ = ["run"]
 EXIT_PASSED, EXIT_ERROR, EXIT_GATES_FAILED = 0, 1, 2
 
 
-def _absolute_model_uri(doc: dict, base: Path) -> dict:
+def absolute_model_uri(doc: dict, base: Path) -> dict:
     """The spec as the Serve app gets it: a relative model path made absolute."""
     from tierserve.pruning.storage import scheme_of
 
@@ -37,7 +37,7 @@ def _absolute_model_uri(doc: dict, base: Path) -> dict:
     return doc
 
 
-def _ensure_calibration(report: dict, spec, base: Path, out: Path) -> dict:
+def ensure_calibration(report: dict, spec, base: Path, out: Path) -> dict:
     """A report from before cascade calibration existed gets it now (validation set, else
     calibration set), and is rewritten (through the typed PruningReport)."""
     from tierserve.pruning.report_model import PruningReport
@@ -252,7 +252,7 @@ def _run(spec, name: str, spec_path: str, out_dir: Path, once: bool, requests: i
                   "gates are unreliable here; rerun on a quiet machine")
         return code
     print("[2/5] gates passed")
-    report = _ensure_calibration(report, spec, base, out_dir)
+    report = ensure_calibration(report, spec, base, out_dir)
     print(f"[3/5] local Ray + Serve: full, pruned, router on http://127.0.0.1:{port}/ "
           f"(Ray's logs: {out_dir / 'ray.log'})")
     logging = _start_ray_serve(port, out_dir)
@@ -261,7 +261,7 @@ def _run(spec, name: str, spec_path: str, out_dir: Path, once: bool, requests: i
     from .app import build_app
 
     doc = yaml.safe_load(Path(spec_path).read_text())
-    spec_doc = _absolute_model_uri(doc.get("spec", doc), base)
+    spec_doc = absolute_model_uri(doc.get("spec", doc), base)
     app = build_app({"name": name, "spec": spec_doc, "report": str(out_dir),
                      "metricsPort": metrics_port})
     serve.run(app, name=name, route_prefix="/", logging_config=logging)

@@ -6,7 +6,8 @@ journal.py), shipped to the stats actor in the background and replayed from a de
 journal by its successor (`_recover`).
 
 It expects from `Router`: `tiers`, `budget`, `circuits`, `opened`, `up`, `events`, `stats`,
-`background`, `probe_s`, `retry_after_s` and `_timed_ask` / `_account`.
+`background`, `probe_s`, `retry_after_s` and `_ask` / `_account`. What it shares with the router
+about a call (`Flight`, `timed_ask`, `brief`) lives in `call.py`.
 """
 
 import asyncio
@@ -16,19 +17,16 @@ import math
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING
 
 from fastapi import HTTPException
 from ray.serve.exceptions import BackPressureError
 
 from .breaker import MISSES_TO_OPEN, is_death
+from .call import Flight, await_ref, brief, timed_ask
 from .capacity import estimate_tokens
 from .journal import RECOVER_EVERY_S, Journal, journal_dir, orphans
 from .metrics import Events
 from .policy import FULL, PRUNED
-
-if TYPE_CHECKING:
-    from .router import Flight
 
 __all__ = ["Guard", "TierDown", "Unavailable"]
 
@@ -39,16 +37,6 @@ PUSH_RETRY_S = 1.0
 # core worker's send, the reply) runs after the reply has left rather than beside it, and replies
 # that close together share one push. Metrics lag by about this much; `/metrics` drains first.
 PUSH_COALESCE_S = 0.05
-
-
-async def _await(response):
-    return await response
-
-
-def _brief(err: BaseException) -> str:
-    """One line naming an error (Ray errors span many lines; a timeout has no message)."""
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[-1][:200]}" if lines else type(err).__name__
 
 
 class Unavailable(HTTPException):
@@ -84,7 +72,7 @@ class Guard:
             self.journal = Journal(journal_dir(model, node), self.source)
         except Exception as err:  # noqa: BLE001 - metrics must never break serving
             log.warning("metrics journal unavailable (%s): a killed router may lose the events of "
-                        "its last replies", _brief(err))
+                        "its last replies", brief(err))
 
     def _commit(self) -> None:
         """Record the events buffered so far before the reply leaves: one append to the journal
@@ -98,7 +86,7 @@ class Guard:
             try:
                 self.journal.append(self.seq, ev)
             except OSError as err:  # noqa: BLE001 - a full disk must not fail replies
-                log.warning("metrics journal write failed: %s", _brief(err))
+                log.warning("metrics journal write failed: %s", brief(err))
         self._pending.merge(ev)
         self._kick()
 
@@ -124,7 +112,7 @@ class Guard:
                 await asyncio.wait_for(asyncio.shield(self._push_task), COMMIT_TIMEOUT_S)
             except Exception as err:  # noqa: BLE001 - /metrics answers with what the actor has
                 log.warning("metrics not drained within %.0f s (%s); /metrics may lag",
-                            COMMIT_TIMEOUT_S, _brief(err))
+                            COMMIT_TIMEOUT_S, brief(err))
 
     async def _pusher(self) -> None:
         """Ship batches to the stats actor in order, each tagged `(source, upto)` so a resend is
@@ -142,10 +130,10 @@ class Guard:
             ev, upto = self._head
             try:
                 state = await asyncio.wait_for(
-                    _await(self.stats.push.remote(ev, self.source, upto)), COMMIT_TIMEOUT_S)
+                    await_ref(self.stats.push.remote(ev, self.source, upto)), COMMIT_TIMEOUT_S)
             except Exception as err:  # noqa: BLE001 - metrics must never break serving
                 log.warning("stats push failed, retrying in %.0f s: %s", PUSH_RETRY_S,
-                            _brief(err))
+                            brief(err))
                 await asyncio.sleep(PUSH_RETRY_S)
                 continue
             self._head = None
@@ -164,11 +152,11 @@ class Guard:
         for orphan in orphans(self.journal.dir, own=self.source):
             try:
                 after = await asyncio.wait_for(
-                    _await(self.stats.applied_upto.remote(orphan.source)), COMMIT_TIMEOUT_S)
+                    await_ref(self.stats.applied_upto.remote(orphan.source)), COMMIT_TIMEOUT_S)
                 ev, last = orphan.entries(after)
                 if last > after:
-                    await asyncio.wait_for(
-                        _await(self.stats.push.remote(ev, orphan.source, last)), COMMIT_TIMEOUT_S)
+                    push = self.stats.push.remote(ev, orphan.source, last)
+                    await asyncio.wait_for(await_ref(push), COMMIT_TIMEOUT_S)
                     log.warning("replayed %d metric batch(es) of a dead router replica (%s)",
                                 last - after, orphan.source)
                 self.stats.forget.remote(orphan.source)
@@ -176,7 +164,7 @@ class Guard:
             except Exception as err:  # noqa: BLE001 - kept for the next round
                 os.close(orphan.lock_fd)
                 self._recovered_at = -math.inf
-                log.warning("could not replay journal %s: %s", orphan.source, _brief(err))
+                log.warning("could not replay journal %s: %s", orphan.source, brief(err))
 
     def _admit(self, texts: list[str]) -> int:
         """The request's estimated input tokens; 413 when no tier could answer it in time."""
@@ -187,7 +175,7 @@ class Guard:
             raise HTTPException(413, refusal)
         return size
 
-    async def _full(self, f: "Flight") -> dict:
+    async def _full(self, f: Flight) -> dict:
         """Ask full, bounded in time; 503 + Retry-After when it is down, full or too slow."""
         if self.circuits[FULL].is_open:
             self._reject("tier_down")
@@ -216,16 +204,16 @@ class Guard:
                 raise
             self._failed(FULL, err)
             self._reject("tier_down")
-            raise Unavailable(f"the full tier's replica died ({_brief(err)})",
+            raise Unavailable(f"the full tier's replica died ({brief(err)})",
                               self.retry_after_s) from None
         self._answered(FULL)
         self._account(f, FULL, reply)
         return reply
 
-    async def _race(self, tier: str, f: "Flight", bound: float | None) -> dict:
+    async def _race(self, tier: str, f: Flight, bound: float | None) -> dict:
         """Ask `tier` within `bound`, but give up at once (`TierDown`) when its circuit opens
         meanwhile: no request keeps waiting on a replica that is known to be dead."""
-        ask = asyncio.ensure_future(self._timed_ask(tier, f, bound))
+        ask = asyncio.ensure_future(timed_ask(self._ask, tier, f, bound))
         down = asyncio.ensure_future(self.opened[tier].wait())
         try:
             await asyncio.wait({ask, down}, return_when=asyncio.FIRST_COMPLETED)
@@ -249,7 +237,7 @@ class Guard:
         `MISSES_TO_OPEN` timeouts since the tier's last answer, one of them silent for its whole
         bound, open it; any answer resets)."""
         if is_death(err):
-            self._trip(tier, _brief(err))
+            self._trip(tier, brief(err))
         elif isinstance(err, TimeoutError) and self.circuits[tier].missed(sent) >= MISSES_TO_OPEN:
             self._trip(tier, f"{MISSES_TO_OPEN} calls or health checks timed out since its "
                        "last answer")
@@ -273,7 +261,7 @@ class Guard:
         while self.circuits[tier].is_open:
             await asyncio.sleep(self.probe_s)
             try:
-                await asyncio.wait_for(_await(self.tiers[tier].ping.remote()),
+                await asyncio.wait_for(await_ref(self.tiers[tier].ping.remote()),
                                        max(1.0, 2 * self.probe_s))
             except Exception:  # noqa: BLE001 - still down: keep probing
                 continue

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 from fastapi import HTTPException, Request, Response
@@ -43,6 +43,7 @@ from .api import (
     api,
 )
 from .breaker import MISSES_TO_OPEN, Circuit
+from .call import Flight, ask, await_ref, brief
 from .capacity import TimeBudget
 from .cost import CostModel, LiveRatio, reply_tokens, request_cost
 from .escalation import (
@@ -53,13 +54,12 @@ from .escalation import (
     rerank_subrequest,
 )
 from .generate import GenerateRequest, GenerateResponse, answer_fields, sse
-from .guard import COMMIT_TIMEOUT_S, Guard, Unavailable, _await, _brief
+from .guard import COMMIT_TIMEOUT_S, Guard, Unavailable
 from .metrics import FLUSH_S, Events, stats_actor
 from .openai_api import OpenAIRoutes
 from .policy import (
     FULL,
     PRUNED,
-    Decision,
     PolicyConfig,
     RequestInfo,
     choose_tier,
@@ -67,7 +67,7 @@ from .policy import (
     request_confidence,
 )
 from .shadow import Shadowing
-from .stages import STAGES_HEADER, add_stages, stage_header
+from .stages import STAGES_HEADER, stage_header
 
 __all__ = ["Router", "Unavailable"]
 
@@ -106,27 +106,6 @@ def _tokenizer(spec):
 
     return AutoTokenizer.from_pretrained(str(model_dir(resolve(spec.model.uri))),
                                          local_files_only=True)
-
-
-@dataclass
-class Flight:
-    """One request on its way through the router: the decision, the tier and reason so far, the
-    reply once there is one, and what it used (replica seconds and tokens, per tier)."""
-
-    info: RequestInfo
-    decision: Decision
-    req: dict
-    tier: str
-    reason: str
-    conf: float | None = None
-    reply: dict | None = None
-    compute: dict[str, float] = field(default_factory=dict)
-    tokens: dict[str, int] = field(default_factory=dict)
-    waited: list[float] = field(default_factory=list)  # seconds awaiting tiers
-    size: int = 0  # estimated input tokens: scales the timeouts (capacity.TimeBudget)
-    partial: bool = False  # full answered only part of it (top-m documents / unconfident items)
-    t0: float = field(default_factory=time.perf_counter)
-    stages: dict[str, float] = field(default_factory=dict)  # ms per stage (stages.py)
 
 
 @serve.deployment(name="router", ray_actor_options={"num_cpus": 0})
@@ -250,25 +229,11 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
                            tier_key=h.get("x-tier-key"))
 
     async def _ask(self, tier: str, req: dict, timeout: float | None = None) -> dict:
-        call = self.tiers[tier].infer.remote(req)
         try:
-            return await asyncio.wait_for(_await(call), timeout or None)
-        except (TimeoutError, asyncio.CancelledError) as err:
-            call.cancel()  # the tier drops the rest of this work (tier.py); it ran once
-            if isinstance(err, TimeoutError):
-                self.events.add("cancelled", tier)
+            return await ask(self.tiers[tier], req, timeout)  # cancelled when it expires (call.py)
+        except TimeoutError:
+            self.events.add("cancelled", tier)
             raise
-
-    async def _timed_ask(self, tier: str, f: "Flight", timeout: float | None = None) -> dict:
-        """Ask a tier for `f`; the wait splits into the tier's own time (`replica_s` in its
-        reply) and the hop around it (handle call, queueing, transfer), in `f.stages`."""
-        t0 = time.perf_counter()
-        try:
-            reply = await self._ask(tier, f.req, timeout)
-        finally:
-            f.waited.append(time.perf_counter() - t0)
-        add_stages(f.stages, tier, f.waited[-1], reply)
-        return reply
 
     def _confidence(self, op: str, reply: dict) -> float:
         if op == "generate":  # the pruned answer's mean token log-probability
@@ -276,7 +241,7 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
         return request_confidence(self.cfg.confidence, reply["outputs"])
 
     async def _first(self, op: str, texts: list[str], request: Request, extra: dict | None,
-                     stream: bool = False) -> "Flight":
+                     stream: bool = False) -> Flight:
         """Decide, and ask pruned first when the decision says so. `Flight.reply` stays None
         when `Flight.tier` must still be asked (full; or pruned, streamed live)."""
         info = self._info(op, texts, request)
@@ -294,7 +259,7 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
                 self._answered(PRUNED)
                 self._account(f, PRUNED, f.reply)
             except Exception as err:  # noqa: BLE001 - any pruned failure is served by full
-                log.warning("pruned tier failed (%s); serving from full", _brief(err))
+                log.warning("pruned tier failed (%s); serving from full", brief(err))
                 self._failed(PRUNED, err, sent)
                 self.events.fallbacks += 1
                 f.tier, f.reason = FULL, "fallback"
@@ -306,7 +271,7 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
                     f.reply = await self._escalate_part(op, f)
         return f
 
-    async def _escalate_part(self, op: str, f: "Flight") -> dict | None:
+    async def _escalate_part(self, op: str, f: Flight) -> dict | None:
         """Partial escalation (`escalation.py`): rerank -> full re-scores pruned's best m
         documents; classify -> full answers only the unconfident items. The merged reply, or
         None when full must redo the whole request."""
@@ -340,7 +305,7 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
         self.events.add("escalated_items", op, n)
         return {**pruned, "outputs": merge(reply["outputs"]), "escalated": n}
 
-    def _account(self, f: "Flight", tier: str, reply: dict) -> None:
+    def _account(self, f: Flight, tier: str, reply: dict) -> None:
         """A tier's reply: its replica time and tokens go to this request's cost and metrics."""
         f.compute[tier] = f.compute.get(tier, 0.0) + reply["compute_s"]
         f.tokens[tier] = f.tokens.get(tier, 0) + reply_tokens(reply)
@@ -349,7 +314,7 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
         if reply.get("truncated"):
             self.events.add("truncated", tier, int(reply["truncated"]))
 
-    def _finish(self, f: "Flight") -> None:
+    def _finish(self, f: Flight) -> None:
         """Count an answered request (then `_commit` it, or `_push_now` for a stream)."""
         self.events.request(f.tier, f.reason, time.perf_counter() - f.t0)
         cost = request_cost(self.costs, f.compute, f.tokens, full_complete=not f.partial)
@@ -396,7 +361,7 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
                 try:
                     first, pieces = await self._open(PRUNED, f.req, self.budget.pruned(f.size))
                 except Exception as err:  # noqa: BLE001 - no byte sent yet: full answers
-                    log.warning("pruned tier failed (%s); streaming from full", _brief(err))
+                    log.warning("pruned tier failed (%s); streaming from full", brief(err))
                     self.events.fallbacks += 1
                     f.tier, f.reason = FULL, "fallback"
             if pieces is None:
@@ -415,11 +380,11 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
             raise
         return first, gen
 
-    async def _judged(self, f: "Flight"):
+    async def _judged(self, f: Flight):
         yield sse({"text": f.reply["text"]})
         yield sse(self._done(f, f.reply))
 
-    async def _live(self, f: "Flight", first: dict, pieces):
+    async def _live(self, f: Flight, first: dict, pieces):
         item = first
         try:
             while not item.get("done"):
@@ -428,15 +393,15 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
         except StopAsyncIteration:  # ended without its summary: nothing more to say
             return
         except Exception as err:  # noqa: BLE001 - bytes are out: end the stream with the error
-            log.warning("%s tier failed mid-stream: %s", f.tier, _brief(err))
-            yield sse({"error": _brief(err), "tier": f.tier})
+            log.warning("%s tier failed mid-stream: %s", f.tier, brief(err))
+            yield sse({"error": brief(err), "tier": f.tier})
             return
         self._account(f, f.tier, item)
         self._finish(f)
         self._push_now()
         yield sse(self._done(f, item))
 
-    def _done(self, f: "Flight", reply: dict) -> dict:
+    def _done(self, f: Flight, reply: dict) -> dict:
         return {"done": True, **self._routed(f.tier, f.reason, f.conf), **answer_fields(reply)}
 
     # -- background: metrics push, shared shadow state, tier health -----------------------------
@@ -454,10 +419,10 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
             self._commit()  # health, shadow outcomes: shipped by the pusher
             if not self._pushing:  # nothing on its way: fetch the shared shadow state
                 try:
-                    self._share(await asyncio.wait_for(_await(self.stats.state.remote()),
+                    self._share(await asyncio.wait_for(await_ref(self.stats.state.remote()),
                                                        COMMIT_TIMEOUT_S))
                 except Exception as err:  # noqa: BLE001 - metrics must never break serving
-                    log.warning("stats actor did not answer: %s", _brief(err))
+                    log.warning("stats actor did not answer: %s", brief(err))
             await asyncio.sleep(FLUSH_S)
 
     def _share(self, state: dict) -> None:
@@ -474,7 +439,7 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
             if self.circuits[tier].is_open:
                 continue  # its probe is pinging it already
             try:
-                await asyncio.wait_for(_await(handle.ping.remote()), PING_TIMEOUT_S)
+                await asyncio.wait_for(await_ref(handle.ping.remote()), PING_TIMEOUT_S)
                 self.up[tier] = True
                 self.circuits[tier].answered()
             except (TimeoutError, BackPressureError):  # busy, or gone: silence, twice, opens
@@ -486,7 +451,7 @@ class Router(Guard, Shadowing, OpenAIRoutes):  # guard.py, shadow.py, openai_api
                     self._trip(tier, f"no answer to {MISSES_TO_OPEN} health checks")
             except Exception as err:  # noqa: BLE001 - it answered with an error, or died
                 self.up[tier] = False
-                self._trip(tier, f"health check: {_brief(err)}")
+                self._trip(tier, f"health check: {brief(err)}")
         self.events.tier_up = dict(self.up)
 
     def __del__(self) -> None:

@@ -10,8 +10,8 @@ It expects from `Router`: `shadowing`, `background`, `events`, `costs`, `cfg` an
 import asyncio
 import logging
 
+from .call import brief
 from .cost import reply_tokens
-from .guard import _brief
 from .policy import FULL, PRUNED, RequestInfo, outputs_agree, would_serve_pruned
 
 __all__ = ["SHADOW_MAX_INFLIGHT", "SHADOW_TIMEOUT_S", "Shadowing"]
@@ -42,7 +42,7 @@ class Shadowing:
         try:  # off the response path: no tight timeout, only a bound
             theirs = await self._ask(other, req, SHADOW_TIMEOUT_S)
         except Exception as err:  # noqa: BLE001 - a failed shadow call is only logged
-            log.warning("shadow call to %s failed: %s", other, _brief(err))
+            log.warning("shadow call to %s failed: %s", other, brief(err))
             return
         finally:
             self.shadowing -= 1
