@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .inputs import JobInputs, load_inputs
+from .leakage import check_leakage
 from .report_model import PruningReport, ReportError
 from .spec import PrunedModelSpec, SpecError, load_spec
 from .storage import resolve
@@ -100,18 +101,19 @@ def run_job(spec: PrunedModelSpec, out: str | Path, *, name: str = "prunedmodel"
     tick = ProgressFile(out_dir, progress)
     tick("load", 0.0)
     inputs: JobInputs = load_inputs(spec, base_dir or Path.cwd())
+    data = {"overlap": check_leakage(spec, inputs)}  # DataLeak before anything is scored or reused
     hashes = key_hashes(spec, inputs)
     key = job_key(spec, hashes)
     art = out_dir / "artifacts" / key
     cached = _reuse(art) if reuse else None
     if cached is not None:
-        cached["reused"] = True
+        cached.update({"reused": True, "data": data})
         cached = _write_report(out_dir, art, cached)
         tick("done (reused)", 1.0)
         return cached, EXIT_PASSED if cached["deployable"] else EXIT_GATES_FAILED
     art.mkdir(parents=True, exist_ok=True)
     report = run_pipeline(spec, inputs, art, tick)
-    report.update({"name": name, "key": key, "inputs": hashes, "complete": True,
+    report.update({"name": name, "key": key, "inputs": hashes, "data": data, "complete": True,
                    "artifact": {"path": str(art), "uri": f"{Path(out_dir).as_uri()}/artifacts/{key}"}})
     report = _write_report(out_dir, art, report)
     tick("done", 1.0)

@@ -51,6 +51,7 @@ class LMData:
     prompts: tuple[str, ...] = ()
     answers: tuple[str, ...] = ()
     slices: tuple[str, ...] | None = None  # per text
+    ids: tuple[str, ...] | None = None  # texts' then prompts' `id`s, when every row has one
 
     @property
     def labels(self) -> tuple:
@@ -79,9 +80,11 @@ def load_lm_data(uri: str | Path, text_field: str = "text", slice_field: str | N
     slices = None
     if slice_field and texts and all(slice_field in r for r in texts):
         slices = tuple(str(r[slice_field]) for r in texts)
+    ids = [r.get("id") for r in texts + tasks]
     return LMData(texts=tuple(r[text_field] for r in texts),
                   prompts=tuple(str(r[prompt_field]) for r in tasks),
-                  answers=tuple(str(r[answer_field]) for r in tasks), slices=slices)
+                  answers=tuple(str(r[answer_field]) for r in tasks), slices=slices,
+                  ids=tuple(str(i) for i in ids) if None not in ids else None)
 
 
 # -- perplexity and next-token agreement --------------------------------------------------------

@@ -196,6 +196,31 @@ class CostSection(_Open):
     """How cost figures were priced (cost ratio in use and where it came from)."""
 
 
+class OverlapPair(_Closed):
+    judged: str = Field(description="e.g. spec.data.evaluation")
+    training: str = Field(description="e.g. spec.data.calibration")
+    rows: int = Field(description="judged rows checked")
+    by_id: int
+    by_text: int
+    examples: list[str] = Field(default_factory=list, description="ids of a few overlapping rows")
+
+
+class OverlapSection(_Closed):
+    """Judged (evaluation, validation) rows that are also calibration/distillation rows."""
+
+    by_id: int = Field(description="judged rows whose id is a training row's id")
+    by_text: int = Field(description="judged rows whose normalized text is a training row's")
+    allowed: bool = Field(False, description="spec.data.allowOverlap was set")
+    reason: str | None = Field(None, description="spec.data.allowOverlap.reason")
+    pairs: list[OverlapPair] = Field(default_factory=list, description="each pair with overlap")
+
+
+class DataSection(_Closed):
+    """What the job checked about its data before pruning (leakage.py)."""
+
+    overlap: OverlapSection | None = None
+
+
 class ArtifactSection(_Closed):
     path: str | None = None
     uri: str | None = None
@@ -217,6 +242,7 @@ class PruningReport(_Closed):
     message: str | None = None
     spec: dict[str, Any] | None = None
     inputs: dict[str, Any] | None = None
+    data: DataSection | None = None
     budget: BudgetSection | None = None
     plan: PlanSection | None = None
     prune: PruneSection | None = None

@@ -81,6 +81,13 @@ class DataSource(_Model):
     limit: int | None = Field(None, ge=1, le=MAX_ROWS, description="Use at most this many rows (queries for retrieval)")
 
 
+class AllowOverlap(_Model):
+    """Judged rows may also be calibration/distillation rows (the job fails with DataLeak otherwise)."""
+
+    reason: str = Field(min_length=1, pattern=r"\S", description=(
+        "Why the overlap is acceptable; recorded in the report (data.overlap.reason)"))
+
+
 class DataSpec(_Model):
     calibration: DataSource = Field(description="Scores importance and fits the LS rescale")
     validation: DataSource | None = Field(None, description="Calibrates the cascade threshold")
@@ -99,6 +106,9 @@ class DataSpec(_Model):
     slice_field: str | None = Field("slice", min_length=1, description="Field naming the content type, for per-slice gates")
     labels: Literal["labels", "self"] = Field(
         "self", description="Importance target: true labels, or the full model's own outputs (label-free)")
+    allow_overlap: AllowOverlap | None = Field(None, description=(
+        "Evaluation/validation rows may share an id or a text with calibration/distillation rows; "
+        "without it such overlap fails the job with DataLeak before pruning"))
 
 
 class Budget(_Model):
