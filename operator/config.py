@@ -12,6 +12,10 @@
     TIERSERVE_JOB_PENDING_DEADLINE_S  a job pending longer fails the object (default 900)
     TIERSERVE_DEPLOY_DEADLINE_S       Serve replicas not ready for longer: Failed (default 900)
     TIERSERVE_UNREACHABLE_DEADLINE_S  backend unreachable for longer: Failed (default 600)
+    TIERSERVE_HF_SECRET_LABEL     label or annotation (`key=value`, or `key` for any value) that a
+                                  Secret named by spec.model.hfTokenSecret must carry (default
+                                  tierserve.io/hf-token=true); any other Secret is InvalidSpec
+    TIERSERVE_SERVE_PORT          HTTP port Serve listens on when the operator starts it (8000)
 
 A PrunedModel may pick its own backend with the annotations `tierserve.io/backend` and
 `tierserve.io/ray-dashboard`, its data base with `tierserve.io/source-dir`, and its job's CPUs
@@ -54,6 +58,9 @@ class OperatorConfig:
     # TIERSERVE_DATA_ROOTS plus its own TIERSERVE_DATA_BASE; never the object's annotation
     data_roots: tuple[str, ...] = ()
     deadlines: Deadlines = Deadlines()
+    # the mark a Secret needs before a PrunedModel may mount it as HF_TOKEN (secrets.py)
+    hf_secret_label: str = "tierserve.io/hf-token=true"
+    serve_port: int = 8000  # Serve's HTTP port where the operator starts Serve (Ray's default)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -74,6 +81,8 @@ class OperatorConfig:
             deadlines=Deadlines(*(float(env.get(f"TIERSERVE_{k}_DEADLINE_S", v)) for k, v in (
                 ("JOB_PENDING", d.deadlines.job_pending_s), ("DEPLOY", d.deadlines.deploy_s),
                 ("UNREACHABLE", d.deadlines.unreachable_s)))),
+            hf_secret_label=env.get("TIERSERVE_HF_SECRET_LABEL") or d.hf_secret_label,
+            serve_port=int(env.get("TIERSERVE_SERVE_PORT") or d.serve_port),
         )
 
     def for_object(self, annotations: Mapping[str, str] | None) -> OperatorConfig:

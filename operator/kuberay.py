@@ -9,7 +9,9 @@ Children of one PrunedModel `NAME` whose spec hashes to `H` (all owned by it, so
   report into the ConfigMap);
 - RayService `NAME-tiers` whose `serveConfigV2` holds the Serve app of the version that passed its
   gates (contract 2). A new version is an in-place serveConfigV2 change: KubeRay keeps the old
-  app serving until the new one is ready.
+  app serving until the new one is ready. Serve listens on the operator's TIERSERVE_SERVE_PORT
+  (`http_options` in serveConfigV2, and the head's `serve` container port, which KubeRay's
+  `NAME-tiers-serve-svc` Service exposes).
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from .raycluster import tail
 from .reconcile import JobState, ServeState
 
 __all__ = ["build_configmap", "build_rayjob", "build_rayservice", "build_role", "build_rolebinding",
-           "job_state", "owner_reference", "serve_app", "serve_state"]
+           "job_state", "owner_reference", "serve_app", "serve_config", "serve_state"]
 
 RAY_API = "ray.io/v1"
-SERVE_PORT = 8000
+SERVE_PORT = 8000  # Ray's default; a RayService that names no `serve` container port listens here
 
 
 def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +88,7 @@ def _pod_template(cfg: OperatorConfig, container: str, cpus: float, gpus: float,
         spec["containers"][0]["volumeMounts"] = [{"name": "artifacts",
                                                   "mountPath": f"/mnt/pvc/{claim}"}]
     if labels:  # the chart's PodMonitor selects Serve head pods by these labels
-        spec["containers"][0]["ports"] = [{"name": "serve", "containerPort": 8000}]
+        spec["containers"][0]["ports"] = [{"name": "serve", "containerPort": cfg.serve_port}]
         return {"metadata": {"labels": labels}, "spec": spec}
     return {"spec": spec}
 
@@ -163,9 +165,22 @@ def build_rayservice(owner: dict[str, Any], version: dict[str, Any],
     ann = {names.ANN_SPEC_HASH: version["specHash"]}
     return {"apiVersion": RAY_API, "kind": "RayService",
             "metadata": _meta(owner, names.rayservice_name(meta["name"]), None, annotations=ann),
-            "spec": {"serveConfigV2": yaml.safe_dump({"applications": [app]}, sort_keys=False),
+            "spec": {"serveConfigV2": yaml.safe_dump(serve_config([app], cfg), sort_keys=False),
                      "rayClusterConfig": {"rayVersion": cfg.ray_version, "headGroupSpec": head,
                                           "workerGroupSpecs": _worker_groups(spec, cfg)}}}
+
+
+def serve_config(apps: list[dict[str, Any]], cfg: OperatorConfig) -> dict[str, Any]:
+    """A Serve config (serveConfigV2) listening on every interface at TIERSERVE_SERVE_PORT."""
+    return {"http_options": {"host": "0.0.0.0", "port": cfg.serve_port}, "applications": apps}
+
+
+def _serve_port(rayservice: dict[str, Any]) -> int:
+    """The head's `serve` container port (what KubeRay's serve Service exposes)."""
+    head = ((rayservice.get("spec") or {}).get("rayClusterConfig") or {}).get("headGroupSpec")
+    containers = (((head or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    ports = [p for c in containers for p in c.get("ports") or [] if p.get("name") == "serve"]
+    return int(ports[0]["containerPort"]) if ports else SERVE_PORT
 
 
 _JOB_STATES = {"PENDING": "pending", "RUNNING": "running", "SUCCEEDED": "succeeded",
@@ -198,7 +213,8 @@ def serve_state(rayservice: dict[str, Any] | None) -> ServeState:
     ready = current and not upgrading and answering
     model = (meta.get("labels") or {}).get(names.LABEL_MODEL, meta["name"])
     prefix = names.route_prefix(meta["namespace"], model)
-    endpoint = f"http://{meta['name']}-serve-svc.{meta['namespace']}.svc:{SERVE_PORT}{prefix}"
+    port = _serve_port(rayservice)
+    endpoint = f"http://{meta['name']}-serve-svc.{meta['namespace']}.svc:{port}{prefix}"
     msg = (conds.get("Ready") or {}).get("message") or ""
     return ServeState(spec_hash=(meta.get("annotations") or {}).get(names.ANN_SPEC_HASH),
                       ready=ready, message=msg, endpoint=endpoint if answering else None,

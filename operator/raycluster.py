@@ -8,6 +8,8 @@
   whole set: all tierserve apps (and any foreign declarative app, untouched) as the cluster has
   them now, with only this object's app replaced or removed. The read-modify-write runs under a
   per-dashboard lock, so concurrent reconciles in this operator never drop each other's apps.
+  Where Serve is not running yet, the PUT starts it: its `http_options` name the operator's
+  TIERSERVE_SERVE_PORT (host 0.0.0.0); a running Serve keeps its own host and port.
 Pure helpers (`merged_config`, `app_state`, `job_state`) are separate from the HTTP calls.
 """
 
@@ -26,6 +28,7 @@ __all__ = ["RayApiError", "app_state", "apps_lock", "get_apps", "job_info", "job
            "job_state", "merged_config", "put_apps", "stop_job", "submit_job", "tail"]
 
 _TIMEOUT_S = 30
+SERVE_PORT = 8000  # Ray's default HTTP port; OperatorConfig.serve_port (TIERSERVE_SERVE_PORT)
 MESSAGE_TAIL = 1000  # status keeps the END of a crashed job's message/log: the exception is there
 _LOCKS: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 _STATES = {"PENDING": "pending", "RUNNING": "running", "SUCCEEDED": "succeeded",
@@ -130,12 +133,13 @@ def put_apps(dashboard: str, config: dict[str, Any]) -> None:
     _call("PUT", f"{dashboard}/api/serve/applications/", config)
 
 
-def merged_config(current: dict[str, Any], app: str, new_app: dict[str, Any] | None
-                  ) -> dict[str, Any] | None:
+def merged_config(current: dict[str, Any], app: str, new_app: dict[str, Any] | None,
+                  port: int = SERVE_PORT) -> dict[str, Any] | None:
     """The whole PUT body with `app` replaced by `new_app` (removed when None).
 
     None when nothing would change (no PUT needed). Every other app is carried over exactly as
-    deployed (`deployed_app_config`); the running proxy's host and port are kept.
+    deployed (`deployed_app_config`); the running proxy's host and port are kept. Serve not
+    running yet: this PUT starts it, listening on 0.0.0.0:`port` (never an implicit default).
     """
     apps = current.get("applications") or {}
     others = [a["deployed_app_config"] for n, a in apps.items()
@@ -149,6 +153,8 @@ def merged_config(current: dict[str, Any], app: str, new_app: dict[str, Any] | N
     http = current.get("http_options") or {}
     if current.get("controller_info") and http.get("port"):
         body["http_options"] = {"host": http.get("host"), "port": http["port"]}
+    else:
+        body["http_options"] = {"host": "0.0.0.0", "port": port}
     return body
 
 
@@ -174,7 +180,7 @@ def app_state(current: dict[str, Any], app: str, known: dict[str, str]) -> Serve
     ready = entry.get("status") == "RUNNING"
     # an in-place update: the old replicas answer until the new ones are up
     answering = ready or (entry.get("status") == "DEPLOYING" and _has_running(entry))
-    endpoint = f"http://{host}:{http.get('port', 8000)}{entry.get('route_prefix') or '/'}"
+    endpoint = f"http://{host}:{http.get('port', SERVE_PORT)}{entry.get('route_prefix') or '/'}"
     return ServeState(spec_hash=known.get(report), ready=ready,
                       message=_serve_message(entry), answering=answering,
                       endpoint=endpoint if answering else None)

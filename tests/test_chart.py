@@ -36,10 +36,12 @@ CONTRACT_RULES: dict[tuple[str, str], set[str]] = {
     ("rbac.authorization.k8s.io", "roles"): {"get", "create", "patch", "delete"},
     ("rbac.authorization.k8s.io", "rolebindings"): {"get", "create", "patch", "delete"},
     ("", "serviceaccounts"): {"get"},
+    ("", "secrets"): {"get"},  # hfTokenSecret's mark, read as metadata only (operator/secrets.py)
     ("", "namespaces"): {"list", "watch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
 }
 CLUSTER_SCOPED = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+NAMESPACED = {k: v for k, v in CONTRACT_RULES.items() if k not in CLUSTER_SCOPED}
 ALL_MONITORING = {"monitoring": {"podMonitor": {"enabled": True},
                                  "prometheusRule": {"enabled": True}}}
 
@@ -92,6 +94,12 @@ def test_chart_lints_clean_in_strict_mode(values: dict) -> None:
     {"operator": {"extraEnv": [{"name": "TIERSERVE_BACKEND", "value": "x"}]}},
     {"monitoring": {"podMonitor": {"interval": "often"}}},
     {"operator": {"artifactRoot": "relative/dir"}},
+    {"serve": {"httpPort": 0}},
+    {"serve": {"httpPort": "8000"}},
+    {"operator": {"hfTokenSecretLabel": ""}},
+    {"operator": {"hfTokenSecretLabel": "a=b=c"}},
+    {"operator": {"extraEnv": [{"name": "TIERSERVE_SERVE_PORT", "value": "1"}]}},
+    {"jobServiceAccount": {"namespaces": ["x"]}},  # gone with the all-namespaces mode
 ])
 def test_schema_rejects_bad_values(bad: dict) -> None:
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
@@ -112,7 +120,7 @@ def test_operator_deployment_runs_kopf_per_contract_and_hardened() -> None:
                                 "artifactRoot": "pvc://models/tierserve"}})
     c = operator_container(docs)
     assert c["command"] == ["kopf", "run", "--standalone", "-m", "tierserve.operator.handlers",
-                            "--liveness=http://0.0.0.0:8080/healthz", "--all-namespaces"]
+                            "--liveness=http://0.0.0.0:8080/healthz", f"--namespace={RELEASE_NS}"]
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["TIERSERVE_BACKEND"] == "kuberay"
     assert env["TIERSERVE_IMAGE"] == "registry.local/tierserve:cuda"
@@ -135,19 +143,61 @@ def test_operator_deployment_runs_kopf_per_contract_and_hardened() -> None:
     assert pod["serviceAccountName"] == "ts-tierserve-operator"
 
 
-def test_all_namespaces_mode_grants_the_contract_through_cluster_roles() -> None:
+def test_default_watches_the_release_namespace_alone_with_a_role_there() -> None:
+    """No all-namespaces mode: empty watchNamespaces is the release namespace, granted by a Role;
+    the only ClusterRole holds the cluster-scoped reads."""
     docs = render()
-    assert "--all-namespaces" in operator_container(docs)["command"]
-    assert by_kind(docs, "Role") == [] and by_kind(docs, "RoleBinding") == []
-    roles = by_kind(docs, "ClusterRole")
-    assert granted([r for role in roles for r in role["rules"]]) == CONTRACT_RULES
-    bindings = by_kind(docs, "ClusterRoleBinding")
-    assert {b["roleRef"]["name"] for b in bindings} == {r["metadata"]["name"] for r in roles}
-    for b in bindings:
-        assert b["subjects"] == [{"kind": "ServiceAccount", "name": "ts-tierserve-operator",
-                                  "namespace": RELEASE_NS}]
+    cmd = operator_container(docs)["command"]
+    assert "--all-namespaces" not in cmd
+    assert [a for a in cmd if a.startswith("--namespace")] == [f"--namespace={RELEASE_NS}"]
+    (cluster_role,) = by_kind(docs, "ClusterRole")
+    assert set(granted(cluster_role["rules"])) == CLUSTER_SCOPED
+    (role,) = by_kind(docs, "Role")
+    assert role["metadata"]["namespace"] == RELEASE_NS and granted(role["rules"]) == NAMESPACED
+    (binding,) = by_kind(docs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == RELEASE_NS
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ts-tierserve-operator",
+                                    "namespace": RELEASE_NS}]
     jobs = [sa for sa in by_kind(docs, "ServiceAccount") if sa["metadata"]["name"] == "tierserve-job"]
     assert [sa["metadata"]["namespace"] for sa in jobs] == [RELEASE_NS]
+
+
+@pytest.mark.parametrize("values,namespace", [
+    ({"watchNamespaces": ["team-a", "kube-system"]}, RELEASE_NS),
+    ({"watchNamespaces": ["kube-public"]}, RELEASE_NS),
+    ({}, "kube-system"),  # the default (the release namespace) is refused there too
+    ({"rbac": {"create": False}, "watchNamespaces": ["kube-system"]}, RELEASE_NS),
+])
+def test_system_namespaces_are_refused(values: dict, namespace: str) -> None:
+    with pytest.raises(helm.HelmError, match="is refused; the operator is never granted rights"):
+        render(values, namespace=namespace)
+
+
+def test_grants_only_in_listed_namespaces() -> None:
+    docs = render({"watchNamespaces": ["team-a"], **ALL_MONITORING})
+    for d in docs:
+        if d["kind"] in ("Role", "RoleBinding"):
+            assert d["metadata"]["namespace"] == "team-a", d["metadata"]
+    # only cluster-scoped reads cluster-wide: configmaps, roles, secrets... never
+    cluster = [r for d in by_kind(docs, "ClusterRole") for r in d["rules"]]
+    assert set(granted(cluster)) == CLUSTER_SCOPED
+    (pm,) = by_kind(docs, "PodMonitor")
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+
+
+def test_serve_port_and_hf_secret_label_reach_the_operator() -> None:
+    env = {e["name"]: e["value"] for e in operator_container(render())["env"]}
+    assert env["TIERSERVE_SERVE_PORT"] == "8000"  # explicit, never Ray's implicit default
+    assert env["TIERSERVE_HF_SECRET_LABEL"] == "tierserve.io/hf-token=true"
+    env = {e["name"]: e["value"] for e in operator_container(render({
+        "serve": {"httpPort": 8123},
+        "operator": {"hfTokenSecretLabel": "example.com/hf-ok"}}))["env"]}
+    assert env["TIERSERVE_SERVE_PORT"] == "8123"
+    assert env["TIERSERVE_HF_SECRET_LABEL"] == "example.com/hf-ok"
+    from tierserve.operator.config import OperatorConfig
+
+    cfg = OperatorConfig.from_env(env)
+    assert (cfg.serve_port, cfg.hf_secret_label) == (8123, "example.com/hf-ok")
 
 
 def test_watch_namespaces_mode_uses_a_role_per_namespace() -> None:
@@ -161,8 +211,7 @@ def test_watch_namespaces_mode_uses_a_role_per_namespace() -> None:
     roles = by_kind(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
-        want = {k: v for k, v in CONTRACT_RULES.items() if k not in CLUSTER_SCOPED}
-        assert granted(role["rules"]) == want
+        assert granted(role["rules"]) == NAMESPACED
     bindings = by_kind(docs, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     jobs = [sa["metadata"]["namespace"] for sa in by_kind(docs, "ServiceAccount")
@@ -171,14 +220,19 @@ def test_watch_namespaces_mode_uses_a_role_per_namespace() -> None:
 
 
 @pytest.mark.parametrize("values", [{}, {"watchNamespaces": ["team-a"]}])
-def test_no_rule_grants_secrets_or_wildcards(values: dict) -> None:
+def test_secrets_get_only_in_roles_and_no_wildcards(values: dict) -> None:
     docs = render({**values, **ALL_MONITORING})
     rules = [r for d in docs if d["kind"] in ("Role", "ClusterRole") for r in d["rules"]]
     assert rules
     for rule in rules:
-        assert "secrets" not in rule["resources"], rule
         assert "*" not in rule["resources"] + rule["verbs"] + rule["apiGroups"], rule
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+    for d in by_kind(docs, "ClusterRole"):
+        assert all("secrets" not in r["resources"] for r in d["rules"]), d
+    secret_rules = [r for d in by_kind(docs, "Role") for r in d["rules"]
+                    if "secrets" in r["resources"]]
+    assert secret_rules and all(r["resources"] == ["secrets"] and r["verbs"] == ["get"]
+                                for r in secret_rules)
 
 
 def test_monitoring_objects_carry_the_generated_dashboard_and_rules() -> None:
@@ -192,7 +246,7 @@ def test_monitoring_objects_carry_the_generated_dashboard_and_rules() -> None:
     file_groups = yaml.safe_load((CHART / "files" / "tierserve-rules.yaml").read_text())["groups"]
     assert rule["spec"]["groups"] == file_groups
     (pm,) = by_kind(docs, "PodMonitor")
-    assert pm["spec"]["namespaceSelector"] == {"any": True}
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": [RELEASE_NS]}  # watched only
     off = render({"monitoring": {"dashboard": {"enabled": False}}})
     assert not {"ConfigMap", "PodMonitor", "PrometheusRule"} & {d["kind"] for d in off}
 
@@ -231,13 +285,13 @@ def ns_prefix() -> str:
 
 @pytest.mark.slow
 @pytest.mark.k8s
-@pytest.mark.parametrize("mode", ["all-namespaces", "watch-namespaces"])
+@pytest.mark.parametrize("mode", ["release-namespace", "watch-namespaces"])
 def test_every_rendered_object_passes_server_side_dry_run(control_plane, ns_prefix, mode) -> None:
     cp = control_plane
     _install_monitoring_crds(cp)
     release_ns, watched = f"{ns_prefix}-sys", [f"{ns_prefix}-a", f"{ns_prefix}-b"]
     _create_namespaces(cp, release_ns, *watched)
-    values = {**ALL_MONITORING, **({"watchNamespaces": watched} if mode != "all-namespaces"
+    values = {**ALL_MONITORING, **({"watchNamespaces": watched} if mode != "release-namespace"
                                    else {})}
     docs = render(values, name=f"{ns_prefix}-rel", namespace=release_ns)
     crd = (CHART / "crds" / "prunedmodels.tierserve.io.yaml").read_text()
@@ -285,7 +339,8 @@ def test_applied_rbac_lets_the_operator_do_its_job_and_nothing_more(control_plan
                                                                    ns_prefix) -> None:
     """Apply the chart's accounts and RBAC for real (watchNamespaces mode), then act with the
     operator's token: every contract verb is allowed in the watched namespace, nothing outside it,
-    never secrets; and the operator can hand the job account rights on exactly one ConfigMap."""
+    of secrets only `get` in the watched namespace (never list/watch, never elsewhere, never in
+    kube-system); and the operator can hand the job account rights on exactly one ConfigMap."""
     cp = control_plane
     _install_resource_crds(cp)
     release_ns, watched, other = f"{ns_prefix}-sys", f"{ns_prefix}-a", f"{ns_prefix}-x"
@@ -302,8 +357,13 @@ def test_applied_rbac_lets_the_operator_do_its_job_and_nothing_more(control_plan
             assert _can_i(cp, op, verb, _resource(group, resource), scope), (verb, resource)
         if scope:
             assert not _can_i(cp, op, "get", _resource(group, resource), other), resource
-    for verb in ("get", "list", "watch", "create"):
-        assert not _can_i(cp, op, verb, "secrets", watched)
+    for verb in ("list", "watch", "create", "update", "patch", "delete"):
+        assert not _can_i(cp, op, verb, "secrets", watched), verb
+    for ns in (other, "kube-system", "default"):
+        assert not _can_i(cp, op, "get", "secrets", ns), ns
+    for resource in ("configmaps", "roles.rbac.authorization.k8s.io",
+                     "rolebindings.rbac.authorization.k8s.io"):
+        assert not _can_i(cp, op, "create", resource, "kube-system"), resource
     assert not _can_i(cp, op, "delete", "prunedmodels.tierserve.io", watched)
     assert not _can_i(cp, op, "create", "pods", watched)
     _operator_grants_job_its_report_only(cp, op, watched)

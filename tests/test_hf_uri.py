@@ -225,8 +225,11 @@ def test_non_hub_models_get_no_env_and_bad_secret_refs_are_refused():
         owner({"uri": "hf://a/b", "task": "embedding", "hfTokenSecret": {"key": "k"}})
 
 
-def test_chart_rbac_still_cannot_read_secrets():
+def test_chart_rbac_may_only_get_secrets_in_watched_namespaces():
+    """`get` for the hfTokenSecret mark check (operator/secrets.py reads metadata only): no
+    list/watch, and never through a ClusterRole."""
     chart = pytest.importorskip("test_chart")
     docs = chart.render({})
-    rules = [r for d in docs if d["kind"] in ("Role", "ClusterRole") for r in d["rules"]]
-    assert rules and all("secrets" not in r["resources"] for r in rules)
+    rules = [(d["kind"], r) for d in docs if d["kind"] in ("Role", "ClusterRole")
+             for r in d["rules"] if "secrets" in r["resources"]]
+    assert rules and all(kind == "Role" and r["verbs"] == ["get"] for kind, r in rules)

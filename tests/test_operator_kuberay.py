@@ -175,9 +175,10 @@ def test_kuberay_backend_end_to_end(control_plane, namespace, operator_a, tmp_pa
     wait_for(lambda: children_left() == ["none"], 90, "ownerRef GC of every child")
 
 
-def test_operator_serviceaccount_cannot_read_secrets(control_plane, namespace, operator_a):
+def test_operator_serviceaccount_cannot_list_secrets(control_plane, namespace, operator_a):
+    """`get` only, in its namespace: the hfTokenSecret mark, read as metadata (secrets.py)."""
     cp, kc = control_plane, operator_a.kubeconfig
-    assert not can_i(cp, kc, "get", "secrets", "-n", namespace)
+    assert not can_i(cp, kc, "get", "secrets", "-n", "default")
     assert not can_i(cp, kc, "list", "secrets", "-n", namespace)
     res = cp.kubectl("get", "secrets", "-n", namespace, kubeconfig=kc, check=False)
     assert res.returncode != 0 and "forbidden" in res.stderr.lower()

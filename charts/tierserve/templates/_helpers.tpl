@@ -37,18 +37,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
-{{/* Namespaces that hold a job ServiceAccount. */}}
-{{- define "tierserve.jobNamespaces" -}}
-{{- if .Values.watchNamespaces }}
-{{- toJson .Values.watchNamespaces }}
-{{- else if .Values.jobServiceAccount.namespaces }}
-{{- toJson .Values.jobServiceAccount.namespaces }}
-{{- else }}
-{{- toJson (list .Release.Namespace) }}
+{{/* The watched namespaces (JSON list): `watchNamespaces`, else the release namespace alone.
+There is no all-namespaces mode: every namespaced grant is a Role in one of these, and the
+system namespaces are refused, so the operator never gets a right in kube-system. */}}
+{{- define "tierserve.watchedNamespaces" -}}
+{{- $watched := .Values.watchNamespaces | default (list .Release.Namespace) }}
+{{- range $watched }}
+{{- if has . (list "kube-system" "kube-public" "kube-node-lease") }}
+{{- fail (printf "watchNamespaces: %s is refused; the operator is never granted rights in a system namespace (list the namespaces that hold PrunedModels)" .) }}
 {{- end }}
+{{- end }}
+{{- toJson $watched }}
 {{- end }}
 
-{{/* The namespaced rules of the operator (contract 5); never secrets. */}}
+{{/* The namespaced rules of the operator (contract 5), granted by a Role per watched namespace.
+Secrets: `get` only, to check that a Secret named by spec.model.hfTokenSecret carries
+operator.hfTokenSecretLabel; the operator asks for PartialObjectMetadata and never reads data. */}}
 {{- define "tierserve.namespacedRules" -}}
 - apiGroups: ["tierserve.io"]
   resources: ["prunedmodels"]
@@ -73,6 +77,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["serviceaccounts"]
+  verbs: ["get"]
+- apiGroups: [""]
+  resources: ["secrets"]
   verbs: ["get"]
 {{- end }}
 
