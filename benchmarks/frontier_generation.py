@@ -206,7 +206,7 @@ def run_generation(args) -> tuple[list[dict], dict, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import frontier  # the shared argument parser and result writer
+    from harness import RESULT, merge_results, table  # the result file, shared with frontier.py
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", dest="gen_model", default=None, help="a saved pruned artifact")
@@ -218,13 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--gen-limit", type=int, default=None, help="prompts per split (smoke runs)")
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--result", default=str(frontier.RESULT), help="JSON to merge the rows into")
+    ap.add_argument("--result", default=str(RESULT), help="JSON to merge the rows into")
     args = ap.parse_args(argv)
     rows, boot, meta = run_generation(args)
-    print(frontier.table(rows))
+    print(table(rows))
     print(boot)
     if not args.no_write:
-        frontier.merge_results(rows, [boot], {"generation": meta}, Path(args.result))
+        merge_results(rows, [boot], {"generation": meta}, Path(args.result))
     return 0
 
 
