@@ -12,6 +12,8 @@
     TIERSERVE_JOB_PENDING_DEADLINE_S  a job pending longer fails the object (default 900)
     TIERSERVE_DEPLOY_DEADLINE_S       Serve replicas not ready for longer: Failed (default 900)
     TIERSERVE_UNREACHABLE_DEADLINE_S  backend unreachable for longer: Failed (default 600)
+    TIERSERVE_EVAL_CPU_SHARE      share of the Ray cluster's CPUs (and GPUs) a job's evaluation
+                                  tasks may reserve together, in (0, 1] (default 0.5); jobs get it
     TIERSERVE_HF_SECRET_LABEL     label or annotation (`key=value`, or `key` for any value) that a
                                   Secret named by spec.model.hfTokenSecret must carry (default
                                   tierserve.io/hf-token=true); any other Secret is InvalidSpec
@@ -28,6 +30,8 @@ import os
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+
+from tierserve.pruning.parallel import eval_share
 
 from .names import (
     ANN_BACKEND,
@@ -58,6 +62,9 @@ class OperatorConfig:
     # TIERSERVE_DATA_ROOTS plus its own TIERSERVE_DATA_BASE; never the object's annotation
     data_roots: tuple[str, ...] = ()
     deadlines: Deadlines = Deadlines()
+    # passed to every job as TIERSERVE_EVAL_CPU_SHARE (pruning/parallel.py): the rest of the
+    # cluster stays free for Serve replicas, so a deploy never waits on another object's evaluation
+    eval_cpu_share: float = 0.5
     # the mark a Secret needs before a PrunedModel may mount it as HF_TOKEN (secrets.py)
     hf_secret_label: str = "tierserve.io/hf-token=true"
     serve_port: int = 8000  # Serve's HTTP port where the operator starts Serve (Ray's default)
@@ -81,6 +88,7 @@ class OperatorConfig:
             deadlines=Deadlines(*(float(env.get(f"TIERSERVE_{k}_DEADLINE_S", v)) for k, v in (
                 ("JOB_PENDING", d.deadlines.job_pending_s), ("DEPLOY", d.deadlines.deploy_s),
                 ("UNREACHABLE", d.deadlines.unreachable_s)))),
+            eval_cpu_share=eval_share(env),
             hf_secret_label=env.get("TIERSERVE_HF_SECRET_LABEL") or d.hf_secret_label,
             serve_port=int(env.get("TIERSERVE_SERVE_PORT") or d.serve_port),
         )

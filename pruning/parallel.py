@@ -4,7 +4,11 @@ Inside a Ray job (submitted through the Jobs API, or a KubeRay RayJob) `RAY_ADDR
 cluster; the job then connects and evaluates the full and the pruned model side by side as two
 tasks. Each task asks for what the cluster has FREE now (`ray.available_resources()`: served
 tiers may hold most CPUs), or for `TIERSERVE_EVAL_CPUS` CPUs when that is set; a GPU each where
-that many are free. The resources are reserved first with a placement group, waited for at most
+that many are free. All the tasks together reserve at most `TIERSERVE_EVAL_CPU_SHARE` (default
+0.5) of the cluster's CPUs and GPUs (`ray.cluster_resources()`), so a deploy always finds room;
+never less than one task's need. When the share holds fewer tasks than evaluations, fewer tasks
+run and each evaluates several models in turn (a 2-CPU cluster: one task of 1 CPU evaluates both).
+The resources are reserved first with a placement group named `tierserve-eval`, waited for at most
 `TIERSERVE_EVAL_WAIT_S` seconds (default 60): when the cluster is full, or the reservation does
 not come in time, the evaluations run in this process instead, and the reason is returned (and
 logged) -- a job never waits forever on resources. In-process runs (`tierserve prune`) keep
@@ -19,12 +23,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
-__all__ = ["ray_active", "run_side_by_side", "task_resources"]
+__all__ = ["eval_share", "plan_workers", "ray_active", "run_side_by_side", "task_resources"]
 
 log = logging.getLogger(__name__)
 WAIT_S = 60.0
+SHARE = 0.5  # of the cluster's CPUs (and GPUs) that evaluation may reserve; the rest is for Serve
+PG_NAME = "tierserve-eval"  # what the operator's cpu_holders() names in a deploy's message
 
 
 def ray_active() -> bool:
@@ -59,11 +64,43 @@ def task_resources(available: Mapping[str, float], n: int,
     return cpus, gpus
 
 
-def _call(fn: Callable, args: tuple, threads: int) -> Any:
+def eval_share(env: Mapping[str, str] | None = None) -> float:
+    """TIERSERVE_EVAL_CPU_SHARE in (0, 1]; a missing or malformed value is the default."""
+    text = (os.environ if env is None else env).get("TIERSERVE_EVAL_CPU_SHARE", "")
+    try:
+        share = float(text) if text else SHARE
+    except ValueError:
+        share = -1.0
+    if not 0.0 < share <= 1.0:
+        log.warning("TIERSERVE_EVAL_CPU_SHARE=%r is not in (0, 1]; using %g", text, SHARE)
+        return SHARE
+    return share
+
+
+def plan_workers(available: Mapping[str, float], total: Mapping[str, float], n: int,
+                 wanted_cpus: float | None = None,
+                 share: float = SHARE) -> tuple[int, float, int] | str:
+    """(tasks, CPUs, GPUs per task) for `n` evaluations, or why none can run (pure).
+
+    The tasks reserve together at most `share` of the cluster's `total` CPUs and GPUs, never less
+    than one task's need (a 1-CPU cluster runs one task), and never more than is `available`.
+    """
+    need = {"CPU": wanted_cpus or 1.0, "GPU": 1.0}
+    budget = {k: min(float(available.get(k, 0.0)), max(share * float(total.get(k, 0.0)), need[k]))
+              for k in need}
+    for workers in range(n, 0, -1):
+        per = task_resources(budget, workers, wanted_cpus)
+        if not isinstance(per, str):
+            return (workers, *per)
+    return (f"cluster full: {float(available.get('CPU', 0.0)):g} CPU available, an evaluation "
+            f"task needs {need['CPU']:g}")
+
+
+def _calls(fn: Callable, calls: Sequence[tuple], threads: int) -> list:
     import torch
 
     torch.set_num_threads(max(1, threads))
-    return fn(*args)
+    return [fn(*args) for args in calls]
 
 
 def _reserve(n: int, cpus: float, gpus: int, wait_s: float):  # noqa: ANN202 - a PlacementGroup
@@ -72,7 +109,7 @@ def _reserve(n: int, cpus: float, gpus: int, wait_s: float):  # noqa: ANN202 - a
     from ray.util.placement_group import placement_group, remove_placement_group
 
     bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
-    pg = placement_group([bundle] * n, strategy="PACK")
+    pg = placement_group([bundle] * n, strategy="PACK", name=PG_NAME)
     ready, _ = ray.wait([pg.ready()], timeout=wait_s)
     if ready:
         return pg
@@ -97,20 +134,22 @@ def run_side_by_side(fn: Callable, calls: Sequence[tuple]) -> tuple[list, str]:
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     env_cpus = os.environ.get("TIERSERVE_EVAL_CPUS")
-    per = task_resources(ray.available_resources(), len(calls),
-                         float(env_cpus) if env_cpus else None)
-    if isinstance(per, str):
-        return _local(fn, calls, per)
-    cpus, gpus = per
+    plan = plan_workers(ray.available_resources(), ray.cluster_resources(), len(calls),
+                        float(env_cpus) if env_cpus else None, eval_share())
+    if isinstance(plan, str):
+        return _local(fn, calls, plan)
+    workers, cpus, gpus = plan
     wait_s = float(os.environ.get("TIERSERVE_EVAL_WAIT_S", WAIT_S))
-    pg = _reserve(len(calls), cpus, gpus, wait_s)
+    pg = _reserve(workers, cpus, gpus, wait_s)
     if pg is None:
-        return _local(fn, calls, f"{len(calls)} x {cpus:g} CPU not reserved within {wait_s:g}s")
+        return _local(fn, calls, f"{workers} x {cpus:g} CPU not reserved within {wait_s:g}s")
+    log.info("evaluating %d models in %d Ray task(s) of %g CPU", len(calls), workers, cpus)
     try:
-        refs = [ray.remote(_call).options(
+        refs = [ray.remote(_calls).options(  # task i evaluates calls i, i + workers, ...
             num_cpus=cpus, num_gpus=gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
-                pg, placement_group_bundle_index=i)).remote(fn, args, int(cpus))
-            for i, args in enumerate(calls)]
-        return ray.get(refs), "ray"
+                pg, placement_group_bundle_index=i)).remote(fn, calls[i::workers], int(cpus))
+            for i in range(workers)]
+        chunks = ray.get(refs)
+        return [chunks[i % workers][i // workers] for i in range(len(calls))], "ray"
     finally:
         remove_placement_group(pg)
