@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-__all__ = ["DataError", "local_path"]
+__all__ = ["DataError", "local_path", "name_field"]
 
 
 class DataError(ValueError):
@@ -22,3 +22,12 @@ def local_path(uri: str | Path) -> Path | None:
     if parsed.scheme and len(parsed.scheme) > 1:  # one letter = a Windows drive, not a scheme
         return None
     return Path(text)
+
+
+def name_field(message: str, field: str, path: str | Path) -> str:
+    """A loader's message about `path` (`<path>: what`) headed by the spec field that named the
+    file instead: `spec.data.calibration.qrels (<path>): what`. A message about another file is
+    kept whole after the field."""
+    head = f"{path}: "
+    rest = message[len(head):] if message.startswith(head) else message
+    return f"{field} ({path}): {rest}"

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from .artifact import sha256_file, weights_sha256
 from .data import ClassificationData, DataError, RetrievalData, load_classification, load_retrieval
+from .datapath import name_field
 from .gguf import model_dir
 from .pairs import SimilarityData, load_similarity
 from .spec import DataSource, PrunedModelSpec
-from .storage import resolve, scheme_of
+from .storage import StorageError, resolve, scheme_of
 from .tasks import Task
 
 __all__ = ["Dataset", "JobInputs", "head_queries", "load_inputs"]
@@ -100,6 +101,52 @@ def _label_names(model_path: Path) -> tuple[str, ...] | None:
     return None if not labels or all(n.startswith("LABEL_") for n in labels) else labels
 
 
+FILE_FIELDS = ("uri", "queries", "corpus", "qrels")
+
+
+def _load(src: DataSource, spec: PrunedModelSpec, base_dir: Path, where: str,
+          names: tuple[str, ...] | None) -> tuple[Dataset, list[Path]]:
+    task = spec.model.task
+    if task is Task.text_generation:  # texts for perplexity, prompt/answer rows (lm.py)
+        from .lm import load_lm_data
+
+        if src.uri is None:
+            raise DataError(f"spec.data.{where}.uri: text-generation needs a data file")
+        paths = [_local(src.uri, base_dir)]
+        data = load_lm_data(paths[0], spec.data.text_field, spec.data.slice_field, src.split,
+                            limit=src.limit)
+        return data, paths
+    if task is Task.embedding and src.uri is not None:
+        return _similarity(src, spec, base_dir)
+    if task in (Task.embedding, Task.rerank):
+        return _retrieval(src, spec, base_dir, where)
+    return _classification(src, spec, base_dir, where, names)
+
+
+def _load_named(src: DataSource, spec: PrunedModelSpec, base_dir: Path, where: str,
+                names: tuple[str, ...] | None) -> tuple[Dataset, list[Path]]:
+    """`_load`, with any data error headed by the spec field of the file it is about
+    (`spec.data.calibration.qrels (/abs/qrels.jsonl): line 3 ...`, docs/job.md)."""
+    try:
+        return _load(src, spec, base_dir, where, names)
+    except (DataError, StorageError) as err:
+        text = str(err)
+        if text.startswith("spec."):
+            raise
+        for f in FILE_FIELDS:
+            value = getattr(src, f, None)
+            if value is None:
+                continue
+            try:
+                path = str(_local(value, base_dir))
+            except StorageError:  # this very file could not be resolved
+                path = value
+            if text.startswith((f"{path}: ", f"{value}: ")):
+                head = path if text.startswith(f"{path}: ") else value
+                raise DataError(name_field(text, f"spec.data.{where}.{f}", head)) from err
+        raise DataError(f"spec.data.{where}: {text}") from err
+
+
 def load_inputs(spec: PrunedModelSpec, base_dir: Path) -> JobInputs:
     model_path = model_dir(_local(spec.model.uri, base_dir))  # a .gguf file: converted once
     if not (model_path / "config.json").is_file():
@@ -113,20 +160,7 @@ def load_inputs(spec: PrunedModelSpec, base_dir: Path) -> JobInputs:
         if src is None:
             loaded[where] = None
             continue
-        if task is Task.text_generation:  # texts for perplexity, prompt/answer rows (lm.py)
-            from .lm import load_lm_data
-
-            if src.uri is None:
-                raise DataError(f"spec.data.{where}.uri: text-generation needs a data file")
-            paths = [_local(src.uri, base_dir)]
-            data = load_lm_data(paths[0], spec.data.text_field, spec.data.slice_field, src.split,
-                                limit=src.limit)
-        elif task is Task.embedding and src.uri is not None:
-            data, paths = _similarity(src, spec, base_dir)
-        elif task in (Task.embedding, Task.rerank):
-            data, paths = _retrieval(src, spec, base_dir, where)
-        else:
-            data, paths = _classification(src, spec, base_dir, where, names)
+        data, paths = _load_named(src, spec, base_dir, where, names)
         loaded[where], files = data, files + paths
     hashes = {"model": weights_sha256(model_path),
               "data": {str(p): sha256_file(p) for p in sorted(set(files))}}

@@ -205,10 +205,18 @@ def _metric_range(metric: str) -> tuple[float, float]:
     return (-1.0, 1.0) if metric in ("spearman", "embedding_cosine") else (0.0, 1.0)
 
 
+# Omitted, the latency and size gates still judge: a pruned model may be no slower and no larger
+# than the full one. There is no "off": 2.0 (the schema's ceiling) is the loosest gate there is.
+DEFAULT_MAX_LATENCY_RATIO = 1.0
+DEFAULT_MAX_SIZE_RATIO = 1.0
+
+
 class GatesSpec(_Model):
     quality: list[Gate] = Field(default_factory=list)
-    max_latency_ratio: float | None = Field(None, gt=0.0, le=2.0, description="pruned p50 / full p50 must be <= this")
-    max_size_ratio: float | None = Field(None, gt=0.0, le=2.0, description="pruned bytes / full bytes must be <= this")
+    max_latency_ratio: float = Field(DEFAULT_MAX_LATENCY_RATIO, gt=0.0, le=2.0, description=(
+        "pruned p50 / full p50 must be <= this; omitted: 1.0 (never slower than full)"))
+    max_size_ratio: float = Field(DEFAULT_MAX_SIZE_RATIO, gt=0.0, le=2.0, description=(
+        "pruned bytes / full bytes must be <= this; omitted: 1.0 (never larger than full)"))
 
 
 class TierSpec(_Model):

@@ -170,11 +170,11 @@ def tiny_spec(data_dir: Path, **pruning: Any) -> dict[str, Any]:
     for src in (data["calibration"], data["evaluation"]):
         src.update(paths)
     data["evaluation"]["limit"] = 100
-    # a small latency probe, and no latency gate: on a loaded 2-core machine the ratio at this
-    # size is noise; the quality and size gates still judge the real pruned model
+    # a small latency probe, and the loosest latency gate (omitted, it would be 1.0): on a loaded
+    # 2-core machine the ratio at this size is noise; quality and size gates judge the real model
     doc["spec"]["pruning"].update({"calibrationSamples": 32, **pruning})
     doc["spec"]["pruning"]["budget"].update({"seqLen": 32, "batch": 8})
-    doc["spec"]["gates"].pop("maxLatencyRatio", None)
+    doc["spec"]["gates"]["maxLatencyRatio"] = 2.0
     doc["spec"]["serving"] = {"full": {"cpus": 0.5}, "pruned": {"cpus": 0.5}}  # 2-CPU Ray head
     return doc["spec"]
 

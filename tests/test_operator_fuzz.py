@@ -91,6 +91,15 @@ CASES = {
                      None, ("Failed",), "spec.data.evaluation.corpus"),
     "path-symlink": (lambda s: _mutant(s, "data.calibration.qrels", "passwd-link.jsonl"),
                      "source-dir", ("Failed",), "spec.data.calibration.qrels"),
+    # what the operator can read is checked before any job (precheck.py): a missing file, a split
+    # that is not in the data; InvalidSpec naming the field, no job launched
+    "data-missing-qrels": (lambda s: _mutant(s, "data.calibration.qrels", "no-such-qrels.jsonl.gz"),
+                           "source-dir", ("Failed",), "spec.data.calibration.qrels: file not found"),
+    "data-bad-split": (lambda s: _mutant(s, "data.evaluation.split", "tset"), None, ("Failed",),
+                       "spec.data.evaluation.split: 'tset' not in the split values"),
+    "data-no-queries": (lambda s: _mutant(s, "data.evaluation", {
+        k: v for k, v in s["data"]["evaluation"].items() if k != "queries"}), None, ("Failed",),
+        "spec.data.evaluation.queries: required for task embedding"),
     "replicas-over-max": (lambda s: _mutant(s, "serving.full", {"replicas": 5, "maxReplicas": 2}),
                           None, ("Failed",), "maxReplicas (2) must be >= replicas (5)"),
     "gate-min-negative": (lambda s: _mutant(s, "gates.quality.0", {"metric": "ndcg@10", "min": -1}),
@@ -165,6 +174,8 @@ def test_every_mutant_ends_in_a_terminal_phase_naming_the_cause(world, case):
         assert not copied, copied
         if case != "path-symlink":  # refused by the operator: no job at all
             assert cond(st, "Pruned")["reason"] == "InvalidSpec", st
+    if case.startswith("data-"):  # refused before launching: no job, no job status
+        assert cond(st, "Pruned")["reason"] == "InvalidSpec" and "jobStatus" not in st, st
     if case == "missing-slice":
         row = next(g for g in st["gates"] if g.get("slice") == "no-such-slice")
         assert row["passed"] is False and "threshold" not in row  # null, never Infinity

@@ -87,7 +87,7 @@ def test_judge_reports_and_gates_both_signals(evals):
     j = judge(spec, full, pruned, data, full_eval=full_eval, with_latency=False)
     for k in SIGNALS:
         assert k in j.measured.pruned and k in j.measured.full
-    cos, cross, missing = j.gates
+    cos, cross, missing, *_ = j.gates  # then latency (not measured here) and size
     assert cos.passed and cos.value == j.measured.pruned["embedding_cosine"]
     assert not cross.passed
     assert cross.threshold == pytest.approx(0.999 * full_eval.metrics["ndcg@10"])
@@ -104,7 +104,7 @@ def test_non_embedding_outputs_have_no_signals_and_gates_say_why():
     sig = quality_signals(ev, ev)
     assert sig.pruned == {} and sig.full == {}
     m = Measured({"accuracy": 1.0}, {"accuracy": 0.9}, {}, {})
-    (res,) = check_gates(GatesSpec(quality=[Gate(metric="embedding_cosine", min=0.9)]), m)
+    res, *_ = check_gates(GatesSpec(quality=[Gate(metric="embedding_cosine", min=0.9)]), m)
     assert not res.passed and res.value is None and "embedding models only" in res.detail
 
 

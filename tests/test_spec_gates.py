@@ -86,7 +86,8 @@ def _measured(**kw):
 
 def test_relative_and_absolute_floors():
     gates = GatesSpec.model_validate({"quality": [{"metric": "ndcg@10", "relative": 0.97, "min": 0.79}]})
-    absolute, rel = check_gates(gates, _measured())
+    absolute, rel, latency, size = check_gates(gates, _measured())  # + the defaulted two
+    assert (latency.threshold, size.threshold) == (1.0, 1.0) and latency.passed and size.passed
     assert rel.passed and rel.threshold == pytest.approx(0.776)
     assert not absolute.passed and absolute.value == 0.78
 
@@ -96,7 +97,7 @@ def test_slice_gate_catches_a_regressing_slice_while_overall_passes():
         {"metric": "ndcg@10", "relative": 0.95},
         {"metric": "ndcg@10", "relative": 0.95, "slice": "games"},
         {"metric": "ndcg@10", "relative": 0.95, "slice": "code"}]})
-    overall, games, code = check_gates(gates, _measured())
+    overall, games, code, *_ = check_gates(gates, _measured())
     assert overall.passed and code.passed
     assert not games.passed and games.slice == "games"
 
@@ -113,7 +114,7 @@ def test_latency_and_size_gates_and_missing_metric():
 def test_precision_gate_reads_its_positive_class():
     gates = GatesSpec.model_validate({"quality": [
         {"metric": "precision", "positiveClass": "great", "min": 0.8}]})
-    (gate,) = check_gates(gates, _measured(pruned={"precision:great": 0.85, "precision:other": 0.2}))
+    gate, *_ = check_gates(gates, _measured(pruned={"precision:great": 0.85, "precision:other": 0.2}))
     assert gate.passed and gate.metric == "precision:great" and gate.value == 0.85
     with pytest.raises(SpecError, match="positiveClass"):
         parse_spec(_with("gates.quality", [{"metric": "precision", "min": 0.5}]))
