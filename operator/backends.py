@@ -13,13 +13,13 @@ import shlex
 from dataclasses import replace
 from typing import Any
 
-from . import k8s, kuberay, names
+from . import holders, k8s, kuberay, names
 from . import raycluster as rc
 from . import report_store as rs
 from .config import OperatorConfig
 from .datapaths import resolve_data_paths
 from .live import read_live
-from .reconcile import Decision, Event, Observed, ServeState
+from .state import Decision, Event, Observed, ServeState
 
 __all__ = ["KubeRayBackend", "RayClusterBackend", "backend_for"]
 
@@ -47,11 +47,17 @@ def job_spec(pm: dict[str, Any], cfg: OperatorConfig) -> dict[str, Any]:
     return resolve_data_paths(pm["spec"], cfg.data_base)
 
 
-def _with_live(serve: ServeState) -> ServeState:
-    """The router's live pruned share and savings, when it serves and is reachable."""
+def _with_live(serve: ServeState, probe: bool = False) -> ServeState:
+    """The router's live pruned share and savings, when it serves and is reachable. `probe`:
+    the operator can reach the endpoint (backend b), so an app Serve calls RUNNING whose router
+    does not answer within the bound is not ready (Ready follows the app's real health). KubeRay's
+    endpoints are in-cluster Services; there the RayService's own health conditions decide."""
     if not (serve.ready and serve.endpoint):
         return serve
-    share, savings = read_live(serve.endpoint)
+    share, savings, error = read_live(serve.endpoint)
+    if error and probe:
+        return replace(serve, ready=False, answering=False, endpoint=None,
+                       message=f"Serve reports the app RUNNING, but {error}")
     return replace(serve, pruned_share=share, savings_usd=savings)
 
 
@@ -62,15 +68,15 @@ class KubeRayBackend:
         self.cfg = cfg
 
     def job_name(self, pm: dict[str, Any], h: str) -> str:
-        return names.rayjob_name(pm["metadata"]["name"], h)
+        return names.rayjob_name(pm["metadata"]["name"], names.run_key(pm, h))
 
-    def _report(self, ns: str, name: str, h: str) -> tuple[dict | None, dict | None, str | None]:
-        cm = k8s.get("ConfigMap", ns, names.report_configmap_name(name, h))
+    def _report(self, ns: str, name: str, run: str) -> tuple[dict | None, dict | None, str | None]:
+        cm = k8s.get("ConfigMap", ns, names.report_configmap_name(name, run))
         return rs.read_configmap((cm or {}).get("data"))
 
     def observe(self, pm: dict[str, Any], h: str) -> Observed:
         ns, name = _meta(pm)
-        report, progress, error = self._report(ns, name, h)
+        report, progress, error = self._report(ns, name, names.run_key(pm, h))
         job = kuberay.job_state(k8s.get("RayJob", ns, self.job_name(pm, h)))
         if error and job.state in ("failed", "stopped"):
             job = type(job)(job.state, job.name, error)
@@ -80,12 +86,11 @@ class KubeRayBackend:
     def apply(self, pm: dict[str, Any], d: Decision) -> list[Event]:
         events: list[Event] = []
         if d.run_job:
-            resolved = {**pm, "spec": job_spec(pm, self.cfg)}
-            for child in (kuberay.build_configmap(resolved, d.spec_hash),
-                          kuberay.build_role(pm, d.spec_hash),
-                          kuberay.build_rolebinding(pm, d.spec_hash, self.cfg)):
+            run, resolved = names.run_key(pm, d.spec_hash), {**pm, "spec": job_spec(pm, self.cfg)}
+            for child in (kuberay.build_configmap(resolved, run), kuberay.build_role(pm, run),
+                          kuberay.build_rolebinding(pm, run, self.cfg)):
                 k8s.create_if_absent(child)
-            created = k8s.create_if_absent(kuberay.build_rayjob(pm, d.spec_hash, self.cfg))
+            created = k8s.create_if_absent(kuberay.build_rayjob(pm, run, self.cfg))
             events += _job_event(f"RayJob {self.job_name(pm, d.spec_hash)}", created)
         if d.stop_job:  # pending past its deadline: the outcome is in status, the job goes
             k8s.delete("RayJob", pm["metadata"]["namespace"], self.job_name(pm, d.spec_hash))
@@ -100,7 +105,7 @@ class KubeRayBackend:
         have = ((current or {}).get("metadata", {}).get("annotations") or {}).get(names.ANN_SPEC_HASH)
         if current is not None and have == version["specHash"]:
             return []
-        report, _, _ = self._report(ns, name, version["specHash"])
+        report, _, _ = self._report(ns, name, _run_of(pm, version))
         spec = (report or {}).get("spec") or pm["spec"]
         svc = kuberay.build_rayservice(pm, {**version, "spec": spec}, self.cfg)
         if current is None:
@@ -113,23 +118,24 @@ class KubeRayBackend:
                       f"RayService {svc['metadata']['name']} -> generation {version['generation']}")]
 
     def _collect(self, pm: dict[str, Any], d: Decision) -> None:
-        """Delete jobs of other spec hashes, and reports (+ their Role) no version needs any more.
+        """Delete jobs of other runs (spec hashes or attempts), and reports (+ their Role) no
+        version needs any more.
 
-        Roles and RoleBindings are found by name from their ConfigMap's hash: the operator may
+        Roles and RoleBindings are found by name from their ConfigMap's run: the operator may
         not list them (contract 5).
         """
         ns, name = _meta(pm)
-        status = d.status
-        keep = {d.spec_hash} | {(status.get(k) or {}).get("specHash") for k in ("serving", "deploying")}
+        status, run = d.status, names.run_key(pm, d.spec_hash)
+        keep = {run} | {_run_of(pm, v) for k in ("serving", "deploying") if (v := status.get(k))}
         selector = f"{names.LABEL_MODEL}={name},{names.LABEL_MANAGED}=tierserve"
         for job in k8s.list_labelled("RayJob", ns, selector):
-            if (job["metadata"].get("labels") or {}).get(names.LABEL_HASH) != d.spec_hash:
+            if (job["metadata"].get("labels") or {}).get(names.LABEL_RUN) != run:
                 k8s.delete("RayJob", ns, job["metadata"]["name"])
         for cm in k8s.list_labelled("ConfigMap", ns, selector):
-            h = (cm["metadata"].get("labels") or {}).get(names.LABEL_HASH)
-            if h and h not in keep:
+            old = (cm["metadata"].get("labels") or {}).get(names.LABEL_RUN)
+            if old and old not in keep:
                 for kind in ("RoleBinding", "Role"):
-                    k8s.delete(kind, ns, names.job_role_name(name, h))
+                    k8s.delete(kind, ns, names.job_role_name(name, old))
                 k8s.delete("ConfigMap", ns, cm["metadata"]["name"])
 
     def cleanup(self, pm: dict[str, Any]) -> None:
@@ -147,7 +153,7 @@ class RayClusterBackend:
 
     def job_name(self, pm: dict[str, Any], h: str) -> str:
         ns, name = _meta(pm)
-        return names.submission_id(ns, name, h)
+        return names.submission_id(ns, name, names.run_key(pm, h))
 
     def _report(self, sid: str) -> tuple[dict | None, dict | None, str | None, dict | None]:
         info = rc.job_info(self.url, sid)
@@ -165,9 +171,9 @@ class RayClusterBackend:
         report, progress, error, info = self._report(sid)
         serve = rc.app_state(rc.get_apps(self.url), names.app_name(ns, name),
                              self._known(pm.get("status") or {}))
+        serve = holders.with_holders(serve, self.url)  # not ready: who holds the CPUs
         return Observed(job=rc.job_state(info, sid, error, self.cfg.job_cpus), report=report,
-                        progress=progress,
-                        serve=_with_live(serve))
+                        progress=progress, serve=_with_live(serve, probe=True))
 
     def entrypoint(self, pm: dict[str, Any], h: str) -> str:
         ns, name = _meta(pm)
@@ -175,7 +181,8 @@ class RayClusterBackend:
         # installed package (a `tierserve/` folder in the Ray node's cwd, say)
         return shlex.join([self.cfg.job_python, "-P", "-m", "tierserve.operator.jobrunner",
                            "--spec-json", json.dumps(job_spec(pm, self.cfg), sort_keys=True),
-                           "--name", name, "--out", self.cfg.out_dir(ns, name, h),
+                           "--name", name,
+                           "--out", self.cfg.out_dir(ns, name, names.run_key(pm, h)),
                            "--data-roots", os.pathsep.join(self.cfg.data_roots)])
 
     def apply(self, pm: dict[str, Any], d: Decision) -> list[Event]:
@@ -184,7 +191,9 @@ class RayClusterBackend:
         if d.run_job:
             created = rc.job_info(self.url, sid) is None and rc.submit_job(
                 self.url, sid, self.entrypoint(pm, d.spec_hash),
-                env_vars={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+                env_vars={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                          # the rest of the shared cluster stays free for Serve replicas
+                          "TIERSERVE_EVAL_CPU_SHARE": str(self.cfg.eval_cpu_share)},
                 metadata={"tierserve.io/prunedmodel": pm["metadata"]["name"]},
                 num_cpus=self.cfg.job_cpus)
             events += _job_event(f"Ray job {sid}", created)
@@ -198,14 +207,15 @@ class RayClusterBackend:
 
     def _app(self, pm: dict[str, Any], version: dict[str, Any]) -> dict[str, Any]:
         ns, name = _meta(pm)
-        report, *_ = self._report(self.job_name(pm, version["specHash"]))
+        report, *_ = self._report(names.submission_id(ns, name, _run_of(pm, version)))
         spec = (report or {}).get("spec") or pm["spec"]
         return kuberay.serve_app(ns, name, spec, version["report"])
 
     def _deploy(self, pm: dict[str, Any], version: dict[str, Any]) -> list[Event]:
         app = self._app(pm, version)
         with rc.apps_lock(self.url):  # read-modify-write of the whole app set
-            body = rc.merged_config(rc.get_apps(self.url), app["name"], app)
+            body = rc.merged_config(rc.get_apps(self.url), app["name"], app,
+                                    port=self.cfg.serve_port)
             if body is None:
                 return []
             rc.put_apps(self.url, body)
@@ -221,12 +231,16 @@ class RayClusterBackend:
 
     def cleanup(self, pm: dict[str, Any]) -> None:
         """Finalizer: remove this object's Serve app (keeping every other) and stop its jobs."""
-        ns, name = _meta(pm)
         self._remove_app(pm)
-        hashes = {names.spec_hash(pm["spec"])} | {
-            (pm.get("status") or {}).get("specHash")}
-        for h in filter(None, hashes):
-            rc.stop_job(self.url, names.submission_id(ns, name, h))
+        jobs = {self.job_name(pm, names.spec_hash(pm["spec"])),
+                (pm.get("status") or {}).get("jobName")}
+        for sid in filter(None, jobs):
+            rc.stop_job(self.url, sid)
+
+
+def _run_of(pm: dict[str, Any], version: dict[str, Any]) -> str:
+    """The run a ServingVersion was built by (versions from before run keys: this attempt's)."""
+    return version.get("run") or names.run_key(pm, version["specHash"])
 
 
 def backend_for(pm: dict[str, Any], cfg: OperatorConfig) -> KubeRayBackend | RayClusterBackend:

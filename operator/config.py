@@ -41,7 +41,7 @@ from .names import (
     BACKEND_KUBERAY,
     BACKEND_RAYCLUSTER,
 )
-from .reconcile import Deadlines
+from .state import Deadlines
 
 __all__ = ["OperatorConfig"]
 
@@ -103,9 +103,10 @@ class OperatorConfig:
                        data_base=ann.get(ANN_SOURCE_DIR, self.data_base),
                        job_cpus=_number(ann.get(ANN_JOB_CPUS), self.job_cpus))
 
-    def out_dir(self, namespace: str, name: str, h: str) -> str:
-        """The job's --out for one object and spec hash (stable, so a rerun reuses it)."""
-        return f"{self.artifact_root}/{namespace}/{name}/{h}"
+    def out_dir(self, namespace: str, name: str, run: str) -> str:
+        """The job's --out for one run of one object (`names.run_key`): stable across operator
+        restarts, so an adopted job writes where it did; a new UID or attempt never reuses it."""
+        return f"{self.artifact_root}/{namespace}/{name}/{run}"
 
 
 def _roots(env: Mapping[str, str]) -> tuple[str, ...]:

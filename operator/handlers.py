@@ -27,7 +27,7 @@ from .config import OperatorConfig
 from .crd import GROUP, PLURAL, VERSION
 from .k8s import ApiException, post_event
 from .raycluster import RayApiError
-from .reconcile import Event
+from .state import Event
 from .sync import sync
 
 CFG = OperatorConfig.from_env()

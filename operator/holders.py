@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from .reconcile import ServeState
+from .state import ServeState
 
 __all__ = ["cpu_holders", "describe", "holdings", "with_holders"]
 

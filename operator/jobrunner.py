@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         report, code = run_job(spec, args.out, name=args.name, base_dir=Path.cwd(),
                                progress=pub.progress)
     except (SpecError, ValueError, OSError, KeyError) as err:
-        pub.error(f"{type(err).__name__}: {err}")
+        kind = type(err).__name__  # named once (a DataLeak's message already starts with it)
+        pub.error(str(err) if str(err).startswith(f"{kind}:") else f"{kind}: {err}")
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
     pub.report(report)

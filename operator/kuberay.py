@@ -1,11 +1,12 @@
 """Backend (a), KubeRay: builders for the children and readers of their status. No I/O here.
 
-Children of one PrunedModel `NAME` whose spec hashes to `H` (all owned by it, so they go with it):
-- ConfigMap `NAME-report-H`: `spec.json` written by the operator; `progress.json` and
+Children of one PrunedModel `NAME` for one run `R` (`names.run_key`: spec hash, UID, attempt;
+all owned by the object, so they go with it):
+- ConfigMap `NAME-report-R`: `spec.json` written by the operator; `progress.json` and
   `report.json` written by the job (see report_store.py);
-- Role + RoleBinding `NAME-report-writer-H`: the job's ServiceAccount may get/patch/update exactly
+- Role + RoleBinding `NAME-report-writer-R`: the job's ServiceAccount may get/patch/update exactly
   that ConfigMap (resourceNames);
-- RayJob `NAME-prune-H` running `python -m tierserve.operator.jobrunner` (the pruning job, then the
+- RayJob `NAME-prune-R` running `python -m tierserve.operator.jobrunner` (the pruning job, then the
   report into the ConfigMap);
 - RayService `NAME-tiers` whose `serveConfigV2` holds the Serve app of the version that passed its
   gates (contract 2). A new version is an in-place serveConfigV2 change: KubeRay keeps the old
@@ -26,7 +27,7 @@ import yaml
 from . import names
 from .config import OperatorConfig
 from .raycluster import tail
-from .reconcile import JobState, ServeState
+from .state import JobState, ServeState
 
 __all__ = ["build_configmap", "build_rayjob", "build_rayservice", "build_role", "build_rolebinding",
            "job_state", "owner_reference", "serve_app", "serve_config", "serve_state"]
@@ -42,31 +43,31 @@ def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
             "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
 
 
-def _meta(owner: dict[str, Any], name: str, h: str | None, **extra: Any) -> dict[str, Any]:
+def _meta(owner: dict[str, Any], name: str, run: str | None, **extra: Any) -> dict[str, Any]:
     model = owner["metadata"]["name"]
     return {"name": name, "namespace": owner["metadata"]["namespace"],
-            "labels": names.child_labels(model, h), "ownerReferences": [owner_reference(owner)],
+            "labels": names.child_labels(model, run), "ownerReferences": [owner_reference(owner)],
             **extra}
 
 
-def build_configmap(owner: dict[str, Any], h: str) -> dict[str, Any]:
-    name = names.report_configmap_name(owner["metadata"]["name"], h)
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(owner, name, h),
+def build_configmap(owner: dict[str, Any], run: str) -> dict[str, Any]:
+    name = names.report_configmap_name(owner["metadata"]["name"], run)
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(owner, name, run),
             "data": {"spec.json": json.dumps(owner["spec"], sort_keys=True)}}
 
 
-def build_role(owner: dict[str, Any], h: str) -> dict[str, Any]:
+def build_role(owner: dict[str, Any], run: str) -> dict[str, Any]:
     model = owner["metadata"]["name"]
     rule = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "patch", "update"],
-            "resourceNames": [names.report_configmap_name(model, h)]}
+            "resourceNames": [names.report_configmap_name(model, run)]}
     return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": _meta(owner, names.job_role_name(model, h), h), "rules": [rule]}
+            "metadata": _meta(owner, names.job_role_name(model, run), run), "rules": [rule]}
 
 
-def build_rolebinding(owner: dict[str, Any], h: str, cfg: OperatorConfig) -> dict[str, Any]:
-    role = names.job_role_name(owner["metadata"]["name"], h)
+def build_rolebinding(owner: dict[str, Any], run: str, cfg: OperatorConfig) -> dict[str, Any]:
+    role = names.job_role_name(owner["metadata"]["name"], run)
     return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": _meta(owner, role, h),
+            "metadata": _meta(owner, role, run),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
             "subjects": [{"kind": "ServiceAccount", "name": cfg.job_service_account,
                           "namespace": owner["metadata"]["namespace"]}]}
@@ -102,18 +103,18 @@ def _with_hub_env(template: dict[str, Any], spec: dict[str, Any], cfg: OperatorC
         template["spec"]["containers"][0].setdefault("env", []).extend(env)
 
 
-def job_entrypoint(owner: dict[str, Any], h: str, cfg: OperatorConfig) -> list[str]:
+def job_entrypoint(owner: dict[str, Any], run: str, cfg: OperatorConfig) -> list[str]:
     meta = owner["metadata"]
     # -P: the pod's working directory is not on sys.path (nothing there shadows the package)
     return ["python", "-P", "-m", "tierserve.operator.jobrunner",
-            "--configmap", names.report_configmap_name(meta["name"], h),
+            "--configmap", names.report_configmap_name(meta["name"], run),
             "--namespace", meta["namespace"], "--name", meta["name"],
-            "--out", cfg.out_dir(meta["namespace"], meta["name"], h),
+            "--out", cfg.out_dir(meta["namespace"], meta["name"], run),
             "--data-roots", os.pathsep.join(cfg.data_roots)]  # confined on the node too
 
 
-def build_rayjob(owner: dict[str, Any], h: str, cfg: OperatorConfig) -> dict[str, Any]:
-    name = names.rayjob_name(owner["metadata"]["name"], h)
+def build_rayjob(owner: dict[str, Any], run: str, cfg: OperatorConfig) -> dict[str, Any]:
+    name = names.rayjob_name(owner["metadata"]["name"], run)
     gpus = float((owner["spec"].get("serving") or {}).get("full", {}).get("gpus") or 0)
     head = {"rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
             "template": _pod_template(cfg, "ray-head", 1, 0, cfg.job_service_account)}
@@ -122,9 +123,12 @@ def build_rayjob(owner: dict[str, Any], h: str, cfg: OperatorConfig) -> dict[str
               "template": _pod_template(cfg, "ray-worker", 2, gpus, cfg.job_service_account)}
     for group in (head, worker):  # hf:// models: HF_TOKEN by secretKeyRef, Hub cache on the PVC
         _with_hub_env(group["template"], owner["spec"], cfg)
+        # the RayJob's cluster is its own (Serve never runs there): evaluation may use all of it
+        group["template"]["spec"]["containers"][0].setdefault("env", []).append(
+            {"name": "TIERSERVE_EVAL_CPU_SHARE", "value": "1"})
     return {"apiVersion": RAY_API, "kind": "RayJob",
-            "metadata": _meta(owner, name, h, annotations={names.ANN_SPEC_HASH: h}),
-            "spec": {"entrypoint": shlex.join(job_entrypoint(owner, h, cfg)),
+            "metadata": _meta(owner, name, run, annotations={names.ANN_SPEC_HASH: names.run_hash(run)}),
+            "spec": {"entrypoint": shlex.join(job_entrypoint(owner, run, cfg)),
                      "shutdownAfterJobFinishes": True, "ttlSecondsAfterFinished": 3600,
                      "rayClusterSpec": {"rayVersion": cfg.ray_version,
                                         "headGroupSpec": head, "workerGroupSpecs": [worker]}}}

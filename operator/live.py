@@ -1,5 +1,5 @@
-"""Live numbers of a serving model for its status: pruned share and savings, read from the
-router's own `/metrics` (contract 3: `tierserve_pruned_share`, `tierserve_savings_usd`; routers
+"""Live numbers of a serving model for its status, and its health: pruned share and savings, read
+from the router's own `/metrics` (contract 3: `tierserve_pruned_share`, `tierserve_savings_usd`; routers
 before the rename exposed the savings gauge as `tierserve_savings_usd_total`: both are read)."""
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ def parse_live(text: str) -> tuple[float | None, float | None]:
             None if savings is None else round(savings, 6))
 
 
-def read_live(endpoint: str) -> tuple[float | None, float | None]:
-    """Scrape `<endpoint>/metrics`; (None, None) when the router cannot be reached from here."""
+def read_live(endpoint: str) -> tuple[float | None, float | None, str | None]:
+    """Scrape `<endpoint>/metrics` within 3 s: (pruned share, savings, None), or
+    (None, None, why) when the router did not answer (the app's health probe, backend b)."""
     try:
         with urllib.request.urlopen(f"{endpoint}/metrics", timeout=_TIMEOUT_S) as resp:
-            return parse_live(resp.read().decode(errors="replace"))
-    except (OSError, ValueError):
-        return None, None
+            return (*parse_live(resp.read().decode(errors="replace")), None)
+    except (OSError, ValueError) as err:
+        return None, None, f"{endpoint}/metrics did not answer within {_TIMEOUT_S:g}s: {err}"

@@ -22,7 +22,7 @@ import urllib.request
 from collections import defaultdict
 from typing import Any
 
-from .reconcile import JobState, ServeState
+from .state import JobState, ServeState
 
 __all__ = ["RayApiError", "app_state", "apps_lock", "get_apps", "job_info", "job_logs",
            "job_state", "merged_config", "put_apps", "stop_job", "submit_job", "tail"]

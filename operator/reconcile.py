@@ -18,7 +18,6 @@ stays the old one) until the new report passes its gates and the new version is 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
 from typing import Any
 
 from tierserve.pruning.report_model import PruningReport
@@ -27,115 +26,16 @@ from tierserve.pruning.spec import PrunedModelSpec, SpecError, parse_spec
 from .conditions import condition, set_condition
 from .datapaths import confine_data_paths
 from .names import Reason, spec_hash
+from .precheck import check_data
+from .state import Deadlines, Decision, Event, JobState, Observed, ServeState
 from .status import Phase, finite
+from .summary import failed_gates, report_summary, version_of
 
+# the values reconcile works on live in state.py; they are re-exported for its callers
 __all__ = ["Deadlines", "Decision", "Event", "JobState", "Observed", "ServeState", "reconcile",
            "report_summary", "unreachable"]
 
 VALIDATING_FROM = 0.65  # progress fraction where the job starts evaluating (pipeline "evaluate")
-
-
-@dataclass(frozen=True)
-class JobState:
-    """The pruning job of the current spec hash, whatever runs it."""
-
-    state: str = "absent"  # absent | pending | running | succeeded | failed | stopped
-    name: str | None = None
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class ServeState:
-    """What the serving layer (RayService, or the Serve app on a Ray cluster) runs now."""
-
-    spec_hash: str | None = None  # version it is configured with; None: nothing deployed
-    ready: bool = False
-    message: str = ""
-    endpoint: str | None = None
-    pruned_share: float | None = None
-    savings_usd: float | None = None
-    answering: bool = False  # some version answers requests (the old one, during a rollout)
-
-
-@dataclass(frozen=True)
-class Deadlines:
-    """How long a phase may wait on something external before it fails (operator config)."""
-
-    job_pending_s: float = 900.0  # the job waits for cluster resources / its runtime env
-    deploy_s: float = 900.0  # Serve replicas of a new version are not ready (unschedulable...)
-    unreachable_s: float = 600.0  # the backend (Ray dashboard) cannot be reached
-
-
-@dataclass(frozen=True)
-class Observed:
-    job: JobState = field(default_factory=JobState)
-    report: dict[str, Any] | None = None  # the complete report of the current spec hash
-    progress: dict[str, Any] | None = None
-    serve: ServeState = field(default_factory=ServeState)
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Decision:
-    status: dict[str, Any]
-    spec_hash: str
-    spec: PrunedModelSpec | None
-    run_job: bool = False  # the job of spec_hash must exist (created once, adopted after)
-    serve: dict[str, Any] | None = None  # ServingVersion the serving layer should run
-    events: list[Event] = field(default_factory=list)
-    error: str | None = None  # permanent: the spec is invalid (message names the field)
-    stop_job: bool = False  # the job of spec_hash waited past its deadline: stop it
-    undeploy: bool = False  # nothing should serve (a first rollout timed out): remove the app
-
-
-def report_summary(report: dict[str, Any]) -> dict[str, Any]:
-    """Gate table and headline numbers of a report, as status fields (non-finite numbers: null)."""
-    r = PruningReport.read(finite(report))  # typed (report_model.py); ReportError names a field
-    metrics, headline = r.metrics, r.headline()
-    kept = metrics.quality_kept if metrics else {}
-    rows = [g.model_dump(include={"metric", "slice", "value", "threshold", "passed"},
-                         exclude_none=True) for g in r.gates]
-    out: dict[str, Any] = {"gates": [{"passed": False, **row} for row in rows],
-                           "metrics": {"full": metrics.full if metrics else None,
-                                       "pruned": metrics.pruned if metrics else None,
-                                       "headline": headline}}
-    if r.budget and r.budget.encoder_flops_removed is not None:
-        out["budget"] = round(r.budget.encoder_flops_removed, 4)
-    if headline and kept.get(headline) is not None:
-        out["quality"] = round(kept[headline], 4)
-    if r.latency and r.latency.ratio is not None:
-        out["latencyRatio"] = round(r.latency.ratio, 4)
-    return out
-
-
-def _gate_text(g: dict[str, Any]) -> str:
-    """`ndcg@10=0.81 < 0.9`, `perplexity=61.2 > 50.0`: the failed comparison, as it happened."""
-    name = f"{g.get('metric')}{'[' + g['slice'] + ']' if g.get('slice') else ''}"
-    value, threshold = g.get("value"), g.get("threshold")
-    if value is None or threshold is None:
-        return f"{name} not judged: {g.get('detail') or 'not measured'}"
-    broken = ">" if g.get("comparison") == "<=" else "<"
-    return f"{name}={round(float(value), 4)} {broken} {round(float(threshold), 4)}"
-
-
-def _failed_gates(report: dict[str, Any]) -> str:
-    r = PruningReport.read(finite(report))
-    text = ", ".join(_gate_text(g.model_dump()) for g in r.gates if not g.passed)
-    return text or r.message or "no budget passes every gate"
-
-
-def _version(generation: int, h: str, report: dict[str, Any]) -> dict[str, Any]:
-    r, summary = PruningReport.read(finite(report)), report_summary(report)
-    uri = r.artifact.uri if r.artifact else None
-    version = {"generation": generation, "specHash": h, "key": r.key or h,
-               "artifact": uri, "report": uri}
-    return {**version, **{k: summary[k] for k in ("budget", "quality") if k in summary}}
 
 
 def _seconds(stamp: str) -> float:
@@ -149,6 +49,7 @@ class _Builder:
                  deadlines: Deadlines | None = None) -> None:
         self.old, self.gen, self.now = old, generation, now
         self.deadlines = deadlines or Deadlines()
+        self.run: str | None = None  # the run key of the current attempt (names.run_key)
         self.new = {k: v for k, v in old.items() if k != "kopf"}
         self.new["conditions"] = list(old.get("conditions") or [])
         self.waited = False
@@ -225,7 +126,7 @@ def _from_report(b: _Builder, h: str, report: dict, obs: Observed) -> dict | Non
     b.cond("Pruned", "True", Reason.pruned, f"artifact {r.key}")
     serving, target = b.new.get("serving"), b.new.get("deploying") or b.new.get("serving")
     if not r.deployable:
-        why = f"generation {b.gen} failed its gates: {_failed_gates(report)}"
+        why = f"generation {b.gen} failed its gates: {failed_gates(report)}"
         b.cond("GatesPassed", "False", Reason.gates_failed, why)
         b.set(phase=Phase.gates_failed.value, lastFailure=why, message=why,
               outcome=Reason.gates_failed)
@@ -233,7 +134,7 @@ def _from_report(b: _Builder, h: str, report: dict, obs: Observed) -> dict | Non
         _candidate(b, Phase.gates_failed.value, report)
         return target
     b.cond("GatesPassed", "True", Reason.gates_passed, "every gate passed")
-    version = _version(b.gen, h, report)
+    version = version_of(b.gen, h, report, b.run)
     if serving and serving.get("specHash") == h and obs.serve.ready:
         b.set(phase=Phase.serving.value, lastFailure=None, message=f"serving generation {b.gen}",
               candidate=None)
@@ -244,8 +145,34 @@ def _from_report(b: _Builder, h: str, report: dict, obs: Observed) -> dict | Non
         return _deploy_timeout(b, serving, obs, waited)
     b.set(phase=Phase.deploying.value, deploying=version, lastFailure=None,
           message=f"deploying generation {b.gen}" + (f": {obs.serve.message}" if obs.serve.message else ""))
-    _ready(b, serving, obs.serve, Reason.deploying, f"deploying generation {b.gen}")
+    unhealthy = bool(serving) and serving.get("specHash") == h  # it served, and stopped
+    _ready(b, serving, obs.serve, Reason.serve_unhealthy if unhealthy else Reason.deploying,
+           f"generation {b.gen}: {obs.serve.message or 'the Serve app is not running'}"
+           if unhealthy else f"deploying generation {b.gen}")
     _candidate(b, Phase.deploying.value, report)
+    return version
+
+
+def _built(b: _Builder, h: str) -> dict | None:
+    """The version status already names for spec `h`: its job finished and passed its gates."""
+    return next((v for k in ("deploying", "serving")
+                 if (v := b.new.get(k)) and v.get("specHash") == h), None)
+
+
+def _from_version(b: _Builder, h: str, version: dict, obs: Observed) -> dict:
+    """The job of `h` finished before, but the backend no longer has its report (a Ray head
+    restart forgets jobs and Serve apps): never prune again; (re)deploy the version from its
+    artifact, and say so. Ready follows the app's health."""
+    if obs.serve.ready and obs.serve.spec_hash == h:
+        b.set(phase=Phase.serving.value, message=f"serving generation {version['generation']}")
+        b.cond("Ready", "True", Reason.serving, f"serving at {obs.serve.endpoint}")
+        return version
+    what = (f"Serve app of generation {version['generation']}, redeployed from its artifact "
+            f"{version.get('artifact')}: {obs.serve.message or 'not running'}")
+    if (waited := b.wait(Reason.serve_not_ready, what, b.deadlines.deploy_s)) is not None:
+        return _deploy_timeout(b, b.new.get("serving"), obs, waited) or version
+    b.set(phase=Phase.deploying.value, message=what)
+    b.cond("Ready", "False", Reason.serve_unhealthy, what)
     return version
 
 
@@ -273,7 +200,9 @@ def _from_job(b: _Builder, obs: Observed) -> bool:
     b.set(jobStatus=job.state)
     if job.state in ("failed", "stopped"):
         why = f"generation {b.gen}: job {job.name} {job.state}" + (f": {job.message}" if job.message else "")
-        _job_failed(b, obs, why, Reason.job_failed)
+        # the job refused evaluation rows that are also training rows (pruning's DataLeak)
+        leak = job.state == "failed" and "DataLeak" in job.message
+        _job_failed(b, obs, why, Reason.data_leak if leak else Reason.job_failed)
         return False
     if (waited := _pending_too_long(b, job)) is not None:
         why = (f"generation {b.gen}: job {job.name} still pending after {waited:.0f}s "
@@ -339,10 +268,12 @@ def _terminal(b: _Builder, h: str, obs: Observed) -> bool:
 
 
 def _job_wanted(b: _Builder, h: str, obs: Observed) -> bool:
-    """The job of `h` must exist until it reported; a failed job is never resubmitted."""
+    """The job of `h` must exist until it reported; a failed job is never resubmitted, and a
+    finished one (its version is in status) never runs again."""
     failed_before = b.old.get("specHash") == h and (
         b.old.get("jobStatus") in ("failed", "stopped") or bool(b.old.get("outcome")))
-    return obs.report is None and obs.job.state not in ("failed", "stopped") and not failed_before
+    return (obs.report is None and obs.job.state not in ("failed", "stopped")
+            and not failed_before and _built(b, h) is None)
 
 
 def _decision(b: _Builder, h: str, parsed: PrunedModelSpec | None, **kw: Any) -> Decision:
@@ -352,13 +283,16 @@ def _decision(b: _Builder, h: str, parsed: PrunedModelSpec | None, **kw: Any) ->
 
 def reconcile(spec: dict[str, Any], generation: int, status: dict[str, Any], obs: Observed, *,
               backend: str, job_name: str | None, now: str,
-              deadlines: Deadlines | None = None,
-              data: tuple[str | None, tuple[str, ...]] | None = None) -> Decision:
+              deadlines: Deadlines | None = None, run: str | None = None,
+              data: tuple[str | None, tuple[str, ...]] | None = None,
+              extra_error: str | None = None) -> Decision:
     """One level-based reconcile step; call it again whenever anything changed. `data`: the
     object's data base and the operator's allowed data roots; given, a spec naming a local path
-    outside them is InvalidSpec (datapaths.py) and no job is launched."""
+    outside them is InvalidSpec (datapaths.py) and no job is launched. `run`: the current
+    attempt's run key, recorded in the version it builds (backends read its report by it)."""
     h = spec_hash(spec)
     b = _Builder(status or {}, generation, now, deadlines)
+    b.run = run
     if b.old.get("specHash") != h:  # a new spec: forget the previous run, keep what serves
         for key in ("progress", "gates", "metrics", "budget", "quality", "latencyRatio",
                     "jobStatus", "lastFailure", "outcome"):
@@ -369,6 +303,10 @@ def reconcile(spec: dict[str, Any], generation: int, status: dict[str, Any], obs
         parsed = parse_spec(spec)
         if data is not None:
             confine_data_paths(spec, *data)
+            if obs.job.state == "absent" and obs.report is None:  # no job yet: refuse a doomed one
+                check_data(parsed, *data)  # files, splits (precheck.py)
+        if extra_error:  # found by the caller's reads (secrets.py): InvalidSpec, no job
+            raise SpecError(extra_error)
     except SpecError as err:
         _invalid(b, err, obs)
         return _decision(b, h, None, serve=b.new.get("deploying") or b.new.get("serving"),
@@ -382,6 +320,8 @@ def reconcile(spec: dict[str, Any], generation: int, status: dict[str, Any], obs
         if obs.job.state != "absent":  # a finished RayJob may be gone (TTL); keep what it was
             b.set(jobStatus=obs.job.state)
         target = _from_report(b, h, obs.report, obs)
+    elif obs.job.state in ("absent", "succeeded") and (built := _built(b, h)) is not None:
+        target = _from_version(b, h, built, obs)
     else:
         stop = _from_job(b, obs)
         target = b.new.get("deploying") or b.new.get("serving")
@@ -401,6 +341,8 @@ def unreachable(spec: dict[str, Any], generation: int, status: dict[str, Any], e
     b.set(message=f"retrying after a transient error: {error[:300]}")
     waited = b.wait(Reason.transient, f"the backend is unreachable: {error[:300]}",
                     b.deadlines.unreachable_s)
+    # what serves cannot be observed: neither "serves" nor "does not serve" is known
+    b.cond("Ready", "Unknown", Reason.unreachable, f"the cluster cannot be observed: {error[:300]}")
     if waited is not None and b.new.get("phase") not in (Phase.failed.value,
                                                          Phase.gates_failed.value):
         why = (f"generation {generation}: backend unreachable for {waited:.0f}s "

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-__all__ = ["Candidate", "Condition", "ConditionType", "GateRow", "Phase", "Progress",
+__all__ = ["Attempt", "Candidate", "Condition", "ConditionType", "GateRow", "Phase", "Progress",
            "PrunedModelStatus", "ServingVersion", "finite"]
 
 
@@ -81,6 +81,7 @@ class ServingVersion(_Model):
     generation: int
     spec_hash: str | None = Field(None, description="Hash of the spec this version was built from")
     key: str = Field(description="Job key (spec + input hashes) of the artifact being served")
+    run: str | None = Field(None, description="Run (spec hash, UID, attempt) that built it")
     artifact: str | None = None
     report: str | None = Field(None, description="URI of the report.json the Serve app was built from")
     budget: float | None = Field(None, description="Encoder FLOPs removed by this version")
@@ -94,6 +95,16 @@ class Candidate(_Model):
     outcome: str = Field(description="Phase of the candidate, e.g. GatesFailed, Deploying")
     budget: float | None = None
     quality: float | None = None
+
+
+class Attempt(_Model):
+    """One finished attempt of a spec: how it ended, kept when a retry starts the next one."""
+
+    attempt: int
+    spec_hash: str | None = None
+    outcome: str | None = Field(None, description="JobFailed, GatesFailed, DataLeak, ...")
+    message: str | None = Field(None, description="The attempt's last error")
+    finished: str | None = Field(None, description="When the next attempt replaced it (RFC 3339)")
 
 
 class PrunedModelStatus(_Model):
@@ -121,3 +132,8 @@ class PrunedModelStatus(_Model):
     outcome: str | None = Field(None, description=(
         "Terminal outcome of this spec hash (JobFailed, JobPendingTimeout, DeployTimeout, "
         "GatesFailed), kept across backend restarts: a finished job is never submitted again"))
+    attempt: int | None = Field(None, description=(
+        "Attempt of the current spec: a retry (a new `tierserve.io/retry` annotation, or a changed "
+        "data annotation, on a failed object) starts the next one with a fresh job"))
+    retry_token: str | None = Field(None, description="Hash of the annotations the attempt started with")
+    attempts: list[Attempt] | None = Field(None, description="Earlier attempts (last 10), newest last")

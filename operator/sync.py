@@ -14,13 +14,16 @@ from collections.abc import Callable
 from typing import Any
 
 from . import k8s
+from .attempts import next_attempt, retry_token
 from .backends import backend_for
 from .config import OperatorConfig
-from .names import spec_hash
-from .reconcile import Decision, Event, reconcile, unreachable
+from .names import Reason, run_key, spec_hash
+from .reconcile import reconcile, unreachable
+from .secrets import check_hf_secret
+from .state import Decision, Event
 from .status import finite
 
-__all__ = ["sync"]
+__all__ = ["current_attempt", "sync"]
 
 _LOCKS: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 Emit = Callable[[dict[str, Any], Event], None]
@@ -42,10 +45,26 @@ def _unreachable(pm: dict[str, Any], cfg: OperatorConfig, emit: Emit, err: Excep
         emit(pm, event)
 
 
+def current_attempt(pm: dict[str, Any], h: str, emit: Emit) -> dict[str, Any]:
+    """`pm` as of its current attempt: a retry asked for since the last one ended starts the
+    next (status written first, so the backend is observed under the new run's names)."""
+    old = pm.get("status") or {}
+    change = next_attempt(old, h, retry_token(pm["metadata"].get("annotations")), k8s.now())
+    if change is None:
+        return pm
+    new = {k: v for k, v in {**old, **change}.items() if v is not None}
+    _write(pm, new)
+    if "attempt" in change:
+        emit(pm, Event("Normal", Reason.retrying, f"attempt {new['attempt']} of spec {h}: "
+                       f"the previous one ended {old.get('outcome')}"))
+    return {**pm, "status": new}
+
+
 def _pass(pm: dict[str, Any], cfg: OperatorConfig, emit: Emit) -> Decision:
     backend = backend_for(pm, cfg)
-    meta, status = pm["metadata"], pm.get("status") or {}
     h = spec_hash(pm["spec"])
+    pm = current_attempt(pm, h, emit)
+    meta, status = pm["metadata"], pm.get("status") or {}
     try:
         observed = backend.observe(pm, h)
     except Exception as err:  # noqa: BLE001 - recorded in status, then re-raised for a retry
@@ -53,8 +72,10 @@ def _pass(pm: dict[str, Any], cfg: OperatorConfig, emit: Emit) -> Decision:
         raise
     own = cfg.for_object(meta.get("annotations"))
     d = reconcile(pm["spec"], meta.get("generation", 1), status, observed,
-                  backend=own.backend, job_name=backend.job_name(pm, h), now=k8s.now(),
-                  deadlines=cfg.deadlines, data=(own.data_base, cfg.data_roots))
+                  backend=own.backend, job_name=backend.job_name(pm, h), run=run_key(pm, h),
+                  now=k8s.now(),
+                  deadlines=cfg.deadlines, data=(own.data_base, cfg.data_roots),
+                  extra_error=check_hf_secret(pm, cfg))
     events, error = list(d.events), None
     try:
         events += backend.apply(pm, d)

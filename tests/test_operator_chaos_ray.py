@@ -1,4 +1,4 @@
-"""Issue 17, defects 4 and 8, with no stand-in: the real control plane, the operator (`kopf run`
+"""Issue 17, defects 4 and 8, and issue 25, case 5, with no stand-in: the real control plane, the operator (`kopf run`
 under the chart's ServiceAccount) and a real Ray head of this module's own, which the test stops
 and starts again on the same ports (a Ray head restart: the new head knows no job).
 
@@ -69,7 +69,7 @@ def _jobs(url: str, ns: str, name: str) -> list[dict]:
 
     with urllib.request.urlopen(f"{url}/api/jobs/", timeout=30) as resp:
         jobs = json.loads(resp.read())
-    return [j for j in jobs if (j.get("submission_id") or "").startswith(f"tierserve-{ns}-{name}-")]
+    return [j for j in jobs if (j.get("submission_id") or "").startswith(f"tierserve-{ns}.{name}-")]
 
 
 def test_ray_head_restart_never_resubmits_a_failed_job(control_plane, namespace, tmp_path):
@@ -123,6 +123,50 @@ def test_ray_head_restart_never_resubmits_a_failed_job(control_plane, namespace,
         assert patch_log_errors(patches) == []
         for name in ("broken", "waits"):
             cp.kubectl("delete", "-n", ns, "prunedmodel", name, "--wait=true", timeout=120)
+    finally:
+        op.stop()
+        head.stop()
+
+
+def test_a_serving_object_is_unknown_while_the_head_is_down_and_comes_back_without_pruning(
+        control_plane, namespace, tmp_path):
+    """Issue 25, case 5: while the head is down, Ready is Unknown (not True); a new head knows
+    no job and no app, and the finished version is redeployed from its artifact: no new job."""
+    from fixtures.procs import free_port
+    from test_operator_identity import _embed
+
+    cp, ns = control_plane, namespace
+    install_crds(cp)
+    head = RestartableHead()
+    head.start()
+    patches = tmp_path / "patches.jsonl"
+    op = Operator(install_operator_rbac(cp, ns), ns, tmp_path, TIERSERVE_BACKEND="raycluster",
+                  TIERSERVE_RAY_DASHBOARD=head.url, TIERSERVE_ARTIFACT_ROOT=str(tmp_path / "art"),
+                  TIERSERVE_JOB_PYTHON=sys.executable, TIERSERVE_PATCH_LOG=str(patches),
+                  TIERSERVE_SERVE_PORT=str(free_port())).start()
+    try:
+        cp.kubectl("apply", "-n", ns, "-f", "-", input=manifest("s", tiny_spec(tmp_path / "data")))
+        st = wait_for(lambda: phase_is(cp, ns, "s", "Serving", "GatesFailed", "Failed"), 900,
+                      "s: Serving", 2)
+        assert st["phase"] == "Serving", (st, op.log()[-3000:])
+        assert list(_jobs(head.url, ns, "s")) and _embed(st["endpoint"])["tier"]
+
+        head.stop()
+        st = wait_for(lambda: (s := pm_status(cp, ns, "s")) and cond(s, "Ready")["status"]
+                      == "Unknown" and s, 120, "s: Ready Unknown")
+        ready = cond(st, "Ready")
+        assert ready["reason"] == "ClusterUnreachable" and head.url.split("//")[1] in ready["message"]
+
+        head.start()  # a new head: no job, no job logs (no report), no Serve app
+        st = wait_for(lambda: (s := phase_is(cp, ns, "s", "Serving", "Failed")) and
+                      cond(s, "Ready")["status"] == "True" and s, 600, "s: Serving again", 2)
+        assert _jobs(head.url, ns, "s") == []  # redeployed from the artifact, never re-pruned
+        assert st["serving"]["generation"] == 1 and _embed(st["endpoint"])["tier"]
+        reasons = [r for _, r in events_for(cp, ns, "s")]
+        assert reasons.count("JobCreated") == 1 and "Pruning" not in reasons[reasons.index(
+            "Serving"):], reasons
+        assert patch_log_errors(patches) == []
+        cp.kubectl("delete", "-n", ns, "prunedmodel", "s", "--wait=true", timeout=120)
     finally:
         op.stop()
         head.stop()

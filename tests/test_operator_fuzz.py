@@ -190,11 +190,17 @@ def test_the_schema_refuses_values_it_can(world, case):
     assert field in str(err.value)
 
 
+def _run(cp, ns: str, name: str, h: str) -> str:
+    """The run key of spec `h` of the object as it is now (its UID, its attempt)."""
+    return names.run_key(get_json(cp, "-n", ns, "prunedmodel", name), h)
+
+
 def _play_job(cp, ns: str, name: str, h: str, report: dict) -> None:
     """What the job and KubeRay would do: the report into its ConfigMap, the RayJob succeeded."""
-    cp.kubectl("patch", "-n", ns, "configmap", names.report_configmap_name(name, h),
+    run = _run(cp, ns, name, h)
+    cp.kubectl("patch", "-n", ns, "configmap", names.report_configmap_name(name, run),
                "--type=merge", "-p", json.dumps({"data": {"report.json": json.dumps(report)}}))
-    cp.kubectl("patch", "-n", ns, "rayjob", names.rayjob_name(name, h), "--subresource=status",
+    cp.kubectl("patch", "-n", ns, "rayjob", names.rayjob_name(name, run), "--subresource=status",
                "--type=merge", "-p", json.dumps({"status": {
                    "jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}}))
 
@@ -225,7 +231,8 @@ def test_ready_holds_during_a_rollout_and_columns_show_what_serves(world):
     specs = [_mutant(base, "pruning.budget.target", t) for t in (0.3, 0.4, 0.5)]
     hashes = [names.spec_hash(s) for s in specs]
     cp.kubectl("apply", "-n", ns, "-f", "-", input=manifest("rollout", specs[0], ann))
-    wait_for(lambda: get_json(cp, "-n", ns, "rayjob", names.rayjob_name("rollout", hashes[0])),
+    wait_for(lambda: get_json(cp, "-n", ns, "rayjob", names.rayjob_name(
+        "rollout", _run(cp, ns, "rollout", hashes[0]))),
              60, "RayJob 1")
     _play_job(cp, ns, "rollout", hashes[0], _report(specs[0], hashes[0], True, 0.97))
     wait_for(lambda: phase_is(cp, ns, "rollout", "Deploying"), 60, "Deploying 1")
@@ -233,7 +240,8 @@ def test_ready_holds_during_a_rollout_and_columns_show_what_serves(world):
     wait_for(lambda: phase_is(cp, ns, "rollout", "Serving"), 60, "Serving 1")
 
     cp.kubectl("apply", "-n", ns, "-f", "-", input=manifest("rollout", specs[1], ann))
-    wait_for(lambda: get_json(cp, "-n", ns, "rayjob", names.rayjob_name("rollout", hashes[1])),
+    wait_for(lambda: get_json(cp, "-n", ns, "rayjob", names.rayjob_name(
+        "rollout", _run(cp, ns, "rollout", hashes[1]))),
              60, "RayJob 2")
     _play_job(cp, ns, "rollout", hashes[1], _report(specs[1], hashes[1], True, 0.95))
     wait_for(lambda: get_json(cp, "-n", ns, "rayservice", "rollout-tiers")["metadata"][
@@ -248,7 +256,8 @@ def test_ready_holds_during_a_rollout_and_columns_show_what_serves(world):
                   s["serving"]["generation"] == 2 and s, 60, "Serving 2")
 
     cp.kubectl("apply", "-n", ns, "-f", "-", input=manifest("rollout", specs[2], ann))
-    wait_for(lambda: get_json(cp, "-n", ns, "rayjob", names.rayjob_name("rollout", hashes[2])),
+    wait_for(lambda: get_json(cp, "-n", ns, "rayjob", names.rayjob_name(
+        "rollout", _run(cp, ns, "rollout", hashes[2]))),
              60, "RayJob 3")
     _play_job(cp, ns, "rollout", hashes[2], _report(specs[2], hashes[2], False, 0.61))
     st = wait_for(lambda: phase_is(cp, ns, "rollout", "GatesFailed"), 60, "GatesFailed 3")

@@ -77,27 +77,28 @@ def test_kuberay_backend_end_to_end(control_plane, namespace, operator_a, tmp_pa
     h = names.spec_hash(spec)
     cp.kubectl("apply", "-n", ns, "-f", "-", input=manifest("m", spec))
     uid = get_json(cp, "-n", ns, "prunedmodel", "m")["metadata"]["uid"]
+    run = names.run_key({"metadata": {"uid": uid}}, h)  # spec hash, UID, attempt 1
 
     # Pending -> Pruning: the children exist, owned by the PrunedModel
-    job = wait_for(lambda: get_json(cp, "-n", ns, "rayjob", f"m-prune-{h}"), 60, "the RayJob")
-    for kind, name in (("rayjob", f"m-prune-{h}"), ("configmap", f"m-report-{h}"),
-                       ("role", f"m-report-writer-{h}"), ("rolebinding", f"m-report-writer-{h}")):
+    job = wait_for(lambda: get_json(cp, "-n", ns, "rayjob", f"m-prune-{run}"), 60, "the RayJob")
+    for kind, name in (("rayjob", f"m-prune-{run}"), ("configmap", f"m-report-{run}"),
+                       ("role", f"m-report-writer-{run}"), ("rolebinding", f"m-report-writer-{run}")):
         assert owned_by(get_json(cp, "-n", ns, kind, name), uid), kind
-    patch_status(cp, ns, "rayjob", f"m-prune-{h}",
+    patch_status(cp, ns, "rayjob", f"m-prune-{run}",
                  {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
     st = wait_for(lambda: phase_is(cp, ns, "m", "Pruning"), 60, "Pruning")
-    assert st["observedGeneration"] == 1 and st["jobName"] == f"m-prune-{h}"
+    assert st["observedGeneration"] == 1 and st["jobName"] == f"m-prune-{run}"
     assert cond(st, "Ready")["status"] == "False"
 
     # the job's ServiceAccount may write exactly its own report ConfigMap, nothing else
     job_kc = cp.serviceaccount_kubeconfig(ns, JOB_SA)
-    assert can_i(cp, job_kc, "patch", f"configmap/m-report-{h}", "-n", ns)
+    assert can_i(cp, job_kc, "patch", f"configmap/m-report-{run}", "-n", ns)
     assert not can_i(cp, job_kc, "patch", "configmap/other", "-n", ns)
     assert not can_i(cp, job_kc, "get", "secrets", "-n", ns)
 
     res = run_entrypoint(cp, ns, job, tmp_path)  # the real pruning job
     assert res.returncode == 0, res.stderr[-3000:]
-    patch_status(cp, ns, "rayjob", f"m-prune-{h}",
+    patch_status(cp, ns, "rayjob", f"m-prune-{run}",
                  {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"})
 
     # Deploying: the RayService carries the Serve app of contract 2
@@ -109,7 +110,7 @@ def test_kuberay_backend_end_to_end(control_plane, namespace, operator_a, tmp_pa
     assert owned_by(svc, uid) and svc["metadata"]["annotations"][names.ANN_SPEC_HASH] == h
     (app,) = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
     assert (app["name"], app["route_prefix"], app["import_path"]) == (
-        f"{ns}-m", f"/{ns}-m", "tierserve.serving.app:build_app")
+        f"{ns}.m", f"/{ns}/m", "tierserve.serving.app:build_app")
     assert app["args"]["report"] == st["deploying"]["report"]
     report_file = Path(app["args"]["report"].removeprefix("file://")) / "report.json"
     assert json.loads(report_file.read_text())["deployable"] is True
@@ -121,7 +122,7 @@ def test_kuberay_backend_end_to_end(control_plane, namespace, operator_a, tmp_pa
                         "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
     st = wait_for(lambda: phase_is(cp, ns, "m", "Serving"), 60, "Serving")
     assert cond(st, "Ready")["status"] == "True" and st["serving"]["generation"] == 1
-    assert st["endpoint"] == f"http://m-tiers-serve-svc.{ns}.svc:8000/{ns}-m"
+    assert st["endpoint"] == f"http://m-tiers-serve-svc.{ns}.svc:8000/{ns}/m"
     wanted = {"Pending", "JobCreated", "Pruning", "Deploying", "Serving"}
     wait_for(lambda: wanted <= {r for _, r in events_for(cp, ns, "m")}, 30, f"events {wanted}")
     printed = cp.kubectl("get", "-n", ns, "pm", "m").stdout
@@ -131,14 +132,15 @@ def test_kuberay_backend_end_to_end(control_plane, namespace, operator_a, tmp_pa
     strict = {**spec, "gates": {**spec["gates"], "quality": [
         *spec["gates"]["quality"], {"metric": "ndcg@10", "min": 0.999}]}}
     h2 = names.spec_hash(strict)
+    run2 = names.run_key({"metadata": {"uid": uid}}, h2)
     cp.kubectl("apply", "-n", ns, "-f", "-", input=manifest("m", strict))
-    job2 = wait_for(lambda: get_json(cp, "-n", ns, "rayjob", f"m-prune-{h2}"), 60, "RayJob 2")
-    wait_for(lambda: cp.kubectl("get", "-n", ns, "rayjob", f"m-prune-{h}",
+    job2 = wait_for(lambda: get_json(cp, "-n", ns, "rayjob", f"m-prune-{run2}"), 60, "RayJob 2")
+    wait_for(lambda: cp.kubectl("get", "-n", ns, "rayjob", f"m-prune-{run}",
                                 check=False).returncode != 0, 60, "old RayJob deleted")
     st = wait_for(lambda: phase_is(cp, ns, "m", "Pending", "Pruning"), 60, "re-prune")
     assert st["observedGeneration"] == 2 and cond(st, "Ready")["reason"] == "PreviousVersionServing"
     assert run_entrypoint(cp, ns, job2, tmp_path).returncode == 2  # gates failed
-    patch_status(cp, ns, "rayjob", f"m-prune-{h2}",
+    patch_status(cp, ns, "rayjob", f"m-prune-{run2}",
                  {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED"})
     st = wait_for(lambda: phase_is(cp, ns, "m", "GatesFailed"), 60, "GatesFailed")
     assert "generation 2 failed its gates" in st["lastFailure"] and "ndcg@10" in st["lastFailure"]
@@ -160,7 +162,7 @@ def test_kuberay_backend_end_to_end(control_plane, namespace, operator_a, tmp_pa
     print(cp.kubectl("get", "-n", ns, "pm,rayjobs,rayservices,configmaps").stdout)  # with -s
     print(json.dumps(pm_status(cp, ns, "m"), indent=1)[:4000])
     h3 = names.spec_hash(bad)
-    assert cp.kubectl("get", "-n", ns, "rayjob", f"m-prune-{h3}", check=False).returncode != 0
+    assert cp.kubectl("get", "-n", ns, "rayjob", f"m-prune-{names.run_key({'metadata': {'uid': uid}}, h3)}", check=False).returncode != 0
 
     # delete: every child goes through ownerReference GC (no finalizer on backend a)
     assert not get_json(cp, "-n", ns, "prunedmodel", "m")["metadata"].get("finalizers")

@@ -55,7 +55,7 @@ def _ensure_serve(dashboard: str) -> dict:
 
 def _jobs_of(dashboard: str, ns: str) -> list[dict]:
     jobs = _http("GET", f"{dashboard}/api/jobs/")
-    return [j for j in jobs if (j.get("submission_id") or "").startswith(f"tierserve-{ns}-m-")]
+    return [j for j in jobs if (j.get("submission_id") or "").startswith(f"tierserve-{ns}.m-")]
 
 
 def test_raycluster_backend_end_to_end_with_a_restart(control_plane, namespace, ray_cluster,
@@ -72,7 +72,9 @@ def test_raycluster_backend_end_to_end_with_a_restart(control_plane, namespace, 
         h = names.spec_hash(spec)
         cp.kubectl("apply", "-n", ns, "-f", "-", input=manifest("m", spec))
         st = wait_for(lambda: phase_is(cp, ns, "m", "Pruning", "Validating"), 180, "Pruning")
-        assert st["jobName"] == names.submission_id(ns, "m", h)
+        uid = get_json(cp, "-n", ns, "prunedmodel", "m")["metadata"]["uid"]
+        assert st["jobName"] == names.submission_id(ns, "m", names.run_key(
+            {"metadata": {"uid": uid}}, h))
         fin = get_json(cp, "-n", ns, "prunedmodel", "m")["metadata"].get("finalizers") or []
         assert names.FINALIZER in fin
 
@@ -87,12 +89,12 @@ def test_raycluster_backend_end_to_end_with_a_restart(control_plane, namespace, 
         for ctype in ("Pruned", "GatesPassed", "Ready"):
             assert cond(st, ctype)["status"] == "True", st
         assert st["serving"]["generation"] == 1 and st["gates"] and st["quality"] > 0.9
-        assert st["endpoint"].endswith(f"/{ns}-m")
+        assert st["endpoint"].endswith(f"/{ns}/m")
         wait_for(lambda: {"JobCreated", "JobAdopted", "Pruning", "Serving"} <= {
             r for _, r in events_for(cp, ns, "m")}, 30, "events")  # adopted after the restart
 
         apps = raycluster.get_apps(url)["applications"]
-        mine = apps[f"{ns}-m"]
+        mine = apps[f"{ns}.m"]
         assert mine["status"] == "RUNNING"
         assert mine["deployed_app_config"]["import_path"] == "tierserve.serving.app:build_app"
         reply = _http("POST", st["endpoint"] + "/v1/embed", {"texts": ["a tiling window manager"]})
@@ -105,7 +107,7 @@ def test_raycluster_backend_end_to_end_with_a_restart(control_plane, namespace, 
 
         assert patch_log_errors(tmp_path / "patches.jsonl") == []  # every patch fit the CRD
         cp.kubectl("delete", "-n", ns, "prunedmodel", "m", "--wait=true", timeout=180)
-        wait_for(lambda: f"{ns}-m" not in (raycluster.get_apps(url).get("applications") or {}),
+        wait_for(lambda: f"{ns}.m" not in (raycluster.get_apps(url).get("applications") or {}),
                  120, "the Serve app removed")
     finally:
         op.stop()

@@ -133,23 +133,27 @@ CFG = OperatorConfig(image="img:1", job_service_account="job-sa", artifact_root=
 
 
 def test_kuberay_children_are_owned_and_deterministic():
-    cm, role = kuberay.build_configmap(OWNER, H), kuberay.build_role(OWNER, H)
-    rb, job = kuberay.build_rolebinding(OWNER, H, CFG), kuberay.build_rayjob(OWNER, H, CFG)
+    run = names.run_key(OWNER, H)
+    assert run == f"{H}-u1-1"  # spec hash, the first 8 characters of the UID, attempt 1
+    cm, role = kuberay.build_configmap(OWNER, run), kuberay.build_role(OWNER, run)
+    rb, job = kuberay.build_rolebinding(OWNER, run, CFG), kuberay.build_rayjob(OWNER, run, CFG)
     for child in (cm, role, rb, job):
         ref = child["metadata"]["ownerReferences"][0]
         assert (ref["uid"], ref["kind"], ref["controller"]) == ("u-1", "PrunedModel", True)
         assert child["metadata"]["labels"][names.LABEL_HASH] == H
-    assert cm["metadata"]["name"] == f"m-report-{H}" and json.loads(cm["data"]["spec.json"]) == SPEC
-    assert role["rules"][0]["resourceNames"] == [f"m-report-{H}"]
+        assert child["metadata"]["labels"][names.LABEL_RUN] == run
+    assert cm["metadata"]["name"] == f"m-report-{run}" and json.loads(cm["data"]["spec.json"]) == SPEC
+    assert role["rules"][0]["resourceNames"] == [f"m-report-{run}"]
     assert set(role["rules"][0]["verbs"]) == {"get", "patch", "update"}
     assert rb["subjects"][0]["name"] == "job-sa"
-    assert job["metadata"]["name"] == f"m-prune-{H}"
-    assert f"--configmap m-report-{H}" in job["spec"]["entrypoint"]
-    assert f"--out pvc://art/ns/m/{H}" in job["spec"]["entrypoint"]
+    assert job["metadata"]["name"] == f"m-prune-{run}"
+    assert job["metadata"]["annotations"][names.ANN_SPEC_HASH] == H
+    assert f"--configmap m-report-{run}" in job["spec"]["entrypoint"]
+    assert f"--out pvc://art/ns/m/{run}" in job["spec"]["entrypoint"]
     head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     assert head["serviceAccountName"] == "job-sa" and head["containers"][0]["image"] == "img:1"
     assert head["volumes"][0]["persistentVolumeClaim"]["claimName"] == "art"
-    assert kuberay.build_rayjob(OWNER, H, CFG) == job
+    assert kuberay.build_rayjob(OWNER, run, CFG) == job
 
 
 def test_rayservice_serve_config_follows_contract_2():
@@ -158,9 +162,9 @@ def test_rayservice_serve_config_follows_contract_2():
     assert svc["metadata"]["name"] == "m-tiers"
     assert svc["metadata"]["annotations"][names.ANN_SPEC_HASH] == H
     (app,) = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
-    assert app == {"name": "ns-m", "import_path": "tierserve.serving.app:build_app",
-                   "route_prefix": "/ns-m",
-                   "args": {"name": "ns-m", "spec": SPEC, "report": "file:///art/key"}}
+    assert app == {"name": "ns.m", "import_path": "tierserve.serving.app:build_app",
+                   "route_prefix": "/ns/m",
+                   "args": {"name": "ns.m", "spec": SPEC, "report": "file:///art/key"}}
     # The chart's PodMonitor finds the Serve head pod by these labels and its `serve` port.
     head = svc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
     assert head["metadata"]["labels"] == {names.LABEL_MANAGED: "tierserve", names.LABEL_MODEL: "m"}
@@ -181,7 +185,7 @@ def test_kuberay_status_readers():
     svc["status"]["observedGeneration"] = 2
     s = kuberay.serve_state(svc)
     assert s.ready and s.spec_hash == H
-    assert s.endpoint == "http://m-tiers-serve-svc.ns.svc:8000/ns-m"
+    assert s.endpoint == "http://m-tiers-serve-svc.ns.svc:8000/ns/m"
 
 
 def _apps(*entries):
@@ -223,10 +227,11 @@ def test_results_channel_round_trips():
 
 
 def test_names_fit_dns_labels():
-    long = "m" * 80
-    for n in (names.rayjob_name(long, H), names.report_configmap_name(long, H),
-              names.job_role_name(long, H), names.rayservice_name(long)):
-        assert len(n) <= 63 and n.endswith((H, "-tiers"))
+    long, run = "m" * 80, names.run_key({"metadata": {"uid": "8d5e0c2a-1b"}, "status": {"attempt": 12}}, H)
+    for n in (names.rayjob_name(long, run), names.report_configmap_name(long, run),
+              names.job_role_name(long, run), names.rayservice_name(long)):
+        assert len(n) <= 63 and n.endswith((run, "-tiers"))
+    assert len(run) <= 63 and names.run_hash(run) == H
     assert names.spec_hash(dict(reversed(list(SPEC.items())))) == H
 
 
