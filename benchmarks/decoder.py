@@ -47,11 +47,11 @@ from tierserve.pruning.engine import PruneConfig, prune_with_scores, score_units
 from tierserve.pruning.gguf import smollm2_dir
 from tierserve.pruning.lm import (
     LMData,
-    _task_metrics,
     generate,
     latency_lm,
     load_lm_data,
     perplexity_pass,
+    task_metrics,
 )
 from tierserve.pruning.recovery import distill_texts
 from tierserve.pruning.structure import Budget
@@ -88,7 +88,7 @@ QUICK = Settings(calib_texts=8, test_texts=8, task_prompts=4, max_length=64, lev
 
 def _quality(tm, test: LMData, prompts: LMData) -> tuple[float, object, dict]:
     nll, count, top1, _ = perplexity_pass(tm, test.texts, 8)
-    task = _task_metrics(generate(tm, list(prompts.prompts), max_new_tokens=6), prompts.answers)
+    task = task_metrics(generate(tm, list(prompts.prompts), max_new_tokens=6), prompts.answers)
     return float(torch.tensor(nll.sum() / count.sum()).exp()), top1, task
 
 
@@ -124,11 +124,11 @@ def _row(full, scores, batches, shape, test, prompts, base, structures, level, s
 def chat_continuations(full, prompts: list[str], tokens: int = 32) -> list[str]:
     """Each prompt as the served tier sees it (chat template) followed by the full model's
     greedy answer and its end-of-turn token: the decoder distillation texts of issue #13."""
-    from tierserve.pruning.lm import _prompt_ids, generate_batch
+    from tierserve.pruning.lm import encode_prompts, generate_batch
 
     tok = full.processor
     answers = generate_batch(full, prompts, max_new_tokens=tokens)
-    chat = [tok.decode(_prompt_ids(full, [p], chat=True)["input_ids"][0]) for p in prompts]
+    chat = [tok.decode(encode_prompts(full, [p], chat=True)["input_ids"][0]) for p in prompts]
     return [c + g.text + (tok.eos_token or "") for c, g in zip(chat, answers, strict=True)]
 
 

@@ -131,11 +131,11 @@ def generation_cost_ratio(full, pruned, prompts: Sequence[str], rounds: int):
     MAX_NEW_TOKENS tokens (prefill + decode), interleaved rounds, clamped to the physical range."""
     import torch
 
-    from tierserve.pruning.calibration import _flops_ratio
+    from tierserve.pruning.calibration import flops_ratio
     from tierserve.pruning.costratio import interleaved_ratio, physical_range
-    from tierserve.pruning.lm import _prompt_ids
+    from tierserve.pruning.lm import encode_prompts
 
-    enc = _prompt_ids(full, list(prompts), chat=True)
+    enc = encode_prompts(full, list(prompts), chat=True)
     pad = full.processor.pad_token_id
 
     def run(tm):
@@ -144,7 +144,7 @@ def generation_cost_ratio(full, pruned, prompts: Sequence[str], rounds: int):
             tm.model.generate(**enc, max_new_tokens=MAX_NEW_TOKENS, min_new_tokens=MAX_NEW_TOKENS,
                               do_sample=False, pad_token_id=pad)
         return go
-    lo, hi = physical_range(_flops_ratio(full, pruned))
+    lo, hi = physical_range(flops_ratio(full, pruned))
     return interleaved_ratio(run(full), run(pruned), rounds, lo, hi)
 
 

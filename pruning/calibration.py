@@ -46,8 +46,8 @@ from .cascade import (
 __all__ = [
     "CONFIDENCES", "Calibration", "CalibrationTooSmall", "RerankChoice", "calibrate",
     "calibrate_rerank", "calibration_report", "cascade_outcome", "confidence",
-    "default_confidence", "entropy_confidence", "escalate_grid", "guarantee_delta", "margin",
-    "rerank_candidates", "rerank_scores", "topk_gap",
+    "default_confidence", "entropy_confidence", "escalate_grid", "flops_ratio", "guarantee_delta",
+    "margin", "rerank_candidates", "rerank_scores", "topk_gap",
 ]
 
 RERANK_CANDIDATES = 10  # documents per rerank request (judged ones + nearest by word overlap)
@@ -178,7 +178,7 @@ def measured_cost_ratio(full, pruned, texts: Sequence[str], rounds: int = 5, bat
     from .costratio import clamp_ratio, interleaved_ratio, physical_range
 
     sample = list(texts[:batch]) or ["a short text"]
-    lo, hi = physical_range(_flops_ratio(full, pruned), _quantized(pruned))
+    lo, hi = physical_range(flops_ratio(full, pruned), _quantized(pruned))
 
     def run(tm):
         @torch.inference_mode()
@@ -198,7 +198,7 @@ def _quantized(tm) -> bool:
     return bool(getattr(tm, "quantized", False) or is_quantized(tm.model))
 
 
-def _flops_ratio(full, pruned) -> float | None:
+def flops_ratio(full, pruned) -> float | None:
     """Pruned/full whole-model FLOPs at 128 tokens; None when the shapes cannot be read."""
     from .adapters import adapter_for
     from .cost import ModelShape, whole_flops

@@ -31,6 +31,8 @@ __all__ = [
     "load_classification",
     "load_retrieval",
     "read_records",
+    "record_values",
+    "split_mask",
 ]
 
 
@@ -99,8 +101,8 @@ def read_records(uri: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def _field(uri: str | Path, records: Sequence[Mapping[str, Any]], field: str,
-           kind: type | tuple[type, ...] = str) -> list[Any]:
+def record_values(uri: str | Path, records: Sequence[Mapping[str, Any]], field: str,
+                  kind: type | tuple[type, ...] = str) -> list[Any]:
     """The values of `field` in every record, each checked to be present, non-null and of `kind`."""
     values = []
     for i, rec in enumerate(records):
@@ -122,7 +124,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 def _ids(uri: str | Path, records: Sequence[Mapping[str, Any]], field: str = "id") -> list[str]:
-    ids = [str(v) for v in _field(uri, records, field, (str, int))]
+    ids = [str(v) for v in record_values(uri, records, field, (str, int))]
     seen: set[str] = set()
     for i, key in enumerate(ids):
         if key in seen:
@@ -131,11 +133,11 @@ def _ids(uri: str | Path, records: Sequence[Mapping[str, Any]], field: str = "id
     return ids
 
 
-def _split_mask(uri: str | Path, records: Sequence[Mapping[str, Any]],
-                split: str | None) -> list[bool]:
+def split_mask(uri: str | Path, records: Sequence[Mapping[str, Any]],
+               split: str | None) -> list[bool]:
     if split is None:
         return [True] * len(records)
-    return [s == split for s in _field(uri, records, "split")]
+    return [s == split for s in record_values(uri, records, "split")]
 
 
 # -- splits -------------------------------------------------------------------------------------
@@ -192,9 +194,9 @@ class RetrievalData:
 def _read_qrels(uri: str | Path, query_ids: set[str],
                 doc_ids: set[str]) -> dict[str, dict[str, int]]:
     records = read_records(uri)
-    qids = [str(v) for v in _field(uri, records, "query_id", (str, int))]
-    dids = [str(v) for v in _field(uri, records, "doc_id", (str, int))]
-    rels = _field(uri, records, "relevance", (int, float))
+    qids = [str(v) for v in record_values(uri, records, "query_id", (str, int))]
+    dids = [str(v) for v in record_values(uri, records, "doc_id", (str, int))]
+    rels = record_values(uri, records, "relevance", (int, float))
     qrels: dict[str, dict[str, int]] = {}
     for i, (q, d, r) in enumerate(zip(qids, dids, rels, strict=True)):
         if q not in query_ids:
@@ -232,17 +234,17 @@ def load_retrieval(queries_uri: str | Path, corpus_uri: str | Path, qrels_uri: s
     _require_field(corpus_uri, d_recs, text_field, "textField")
     if slice_field is not None and require_slice:
         _require_field(queries_uri, q_recs, slice_field, "sliceField")
-    q_ids, q_texts = _ids(queries_uri, q_recs), _field(queries_uri, q_recs, text_field)
-    d_ids, d_texts = _ids(corpus_uri, d_recs), _field(corpus_uri, d_recs, text_field)
+    q_ids, q_texts = _ids(queries_uri, q_recs), record_values(queries_uri, q_recs, text_field)
+    d_ids, d_texts = _ids(corpus_uri, d_recs), record_values(corpus_uri, d_recs, text_field)
     has_slices = slice_field is not None and any(slice_field in r for r in q_recs)
-    q_slices = _field(queries_uri, q_recs, slice_field) if has_slices else None  # all, then
+    q_slices = record_values(queries_uri, q_recs, slice_field) if has_slices else None  # all, then
     qrels = _read_qrels(qrels_uri, set(q_ids), set(d_ids))
-    d_keep = _split_mask(corpus_uri, d_recs, split)
+    d_keep = split_mask(corpus_uri, d_recs, split)
     doc_ids = tuple(d for d, k in zip(d_ids, d_keep, strict=True) if k)
     docs = set(doc_ids)
     kept_qrels = {q: {d: r for d, r in rel.items() if d in docs} for q, rel in qrels.items()}
     q_keep = [k and bool(kept_qrels.get(q)) for q, k in
-              zip(q_ids, _split_mask(queries_uri, q_recs, split), strict=True)]
+              zip(q_ids, split_mask(queries_uri, q_recs, split), strict=True)]
     if not any(q_keep):
         raise DataError(f"{queries_uri}: no query with a judged document in split {split!r} "
                         f"(fields 'split' and {qrels_uri} 'query_id')")
@@ -288,17 +290,17 @@ def load_classification(uri: str | Path, text_field: str = "text", label_field: 
     With `image_field`, examples are the decoded images of that field (see `images.py`).
     """
     records = read_records(uri)
-    raw_labels = _field(uri, records, label_field, (str, int))
+    raw_labels = record_values(uri, records, label_field, (str, int))
     names = tuple(str(n) for n in label_names) if label_names is not None else _label_set(raw_labels)
     index = {n: i for i, n in enumerate(names)}
     for i, lab in enumerate(raw_labels):
         if str(lab) not in index:
             raise DataError(f"{uri}: field '{label_field}' in record {i} is '{lab}', "
                             f"not in the label set {list(names)}")
-    slices = _field(uri, records, slice_field) if slice_field is not None else None
+    slices = record_values(uri, records, slice_field) if slice_field is not None else None
     has_ids = any("id" in r for r in records)  # then every record needs one
     ids = _ids(uri, records) if has_ids else None
-    rows = [i for i, k in enumerate(_split_mask(uri, records, split)) if k]
+    rows = [i for i, k in enumerate(split_mask(uri, records, split)) if k]
     if not rows:
         raise DataError(f"{uri}: field 'split' has no record equal to {split!r}")
     if image_field is not None:  # image classification: decode only the rows kept
@@ -307,7 +309,7 @@ def load_classification(uri: str | Path, text_field: str = "text", label_field: 
         decoded = decode_images(uri, [records[i] for i in rows], image_field)
         texts = dict(zip(rows, decoded, strict=True))
     else:
-        texts = _field(uri, records, text_field)
+        texts = record_values(uri, records, text_field)
     return ClassificationData(
         texts=tuple(texts[i] for i in rows),
         labels=tuple(index[str(raw_labels[i])] for i in rows),

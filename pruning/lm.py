@@ -38,9 +38,9 @@ import torch.nn.functional as F
 
 from .tasks import TaskModel
 
-__all__ = ["Generation", "LMData", "answer_choice", "answer_correct", "answers_agree", "calibration_lm", "evaluate_lm", "generate", "generate_batch",
+__all__ = ["Generation", "LMData", "answer_choice", "answer_correct", "answers_agree", "calibration_lm", "encode_prompts", "evaluate_lm", "generate", "generate_batch",
            "generate_scored", "generate_stream", "latency_lm", "load_lm_data", "normalize_answer",
-           "perplexity_pass", "task_choices"]
+           "perplexity_pass", "task_choices", "task_metrics"]
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,8 @@ def _ppl(nll: np.ndarray, count: np.ndarray) -> float:
 
 
 # -- generation ---------------------------------------------------------------------------------
-def _prompt_ids(tm: TaskModel, prompts: Sequence[str | list[dict]],
-                chat: bool) -> dict[str, torch.Tensor]:
+def encode_prompts(tm: TaskModel, prompts: Sequence[str | list[dict]],
+                   chat: bool) -> dict[str, torch.Tensor]:
     """A prompt is a user message, or a whole conversation ([{"role", "content"}, ...])."""
     tok = tm.processor
     if chat and getattr(tok, "chat_template", None):
@@ -176,7 +176,7 @@ def generate_batch(tm: TaskModel, prompts: Sequence[str | list[dict]], *, max_ne
     `batch_size` prompts per `generate` call (left-padded)."""
     gens: list[Generation] = []
     for start in range(0, len(prompts), batch_size):
-        enc = _prompt_ids(tm, prompts[start:start + batch_size], chat)
+        enc = encode_prompts(tm, prompts[start:start + batch_size], chat)
         out = tm.model.generate(**enc, **_generate_kwargs(tm, max_new_tokens, temperature))
         gens.extend(_score(tm, enc, out))
     return gens
@@ -197,7 +197,7 @@ def generate_stream(tm: TaskModel, prompt: str | list[dict], *, max_new_tokens: 
     last item. The pieces join to exactly the text of `generate_batch` for the same prompt."""
     from transformers import TextIteratorStreamer
 
-    enc = _prompt_ids(tm, [prompt], chat)
+    enc = encode_prompts(tm, [prompt], chat)
     streamer = TextIteratorStreamer(tm.processor, skip_prompt=True, skip_special_tokens=True)
     result: dict = {}
 
@@ -307,7 +307,7 @@ def answers_agree(pruned: str, full: str, choices: Sequence[str] = ()) -> bool:
     return normalize_answer(pruned) == normalize_answer(full)
 
 
-def _task_metrics(generated: Sequence[str], answers: Sequence[str]) -> dict[str, float]:
+def task_metrics(generated: Sequence[str], answers: Sequence[str]) -> dict[str, float]:
     """exact_match, and accuracy with the task's distinct answers as the choices to tell apart
     (free-form tasks, where every answer differs, rarely mention another row's answer)."""
     choices = sorted({normalize_answer(a) for a in answers})
@@ -337,7 +337,7 @@ def evaluate_lm(tm: TaskModel, data: LMData, *, batch_size: int = 8, max_new_tok
             row_slices = tuple(data.slices[i] for i in owner)
     if data.prompts:
         generated = generate(tm, data.prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        metrics.update(_task_metrics(generated, data.answers))
+        metrics.update(task_metrics(generated, data.answers))
     return metrics, slices, top1, row_slices
 
 

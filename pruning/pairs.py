@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import DataError, _field, _split_mask, read_records
+from .data import DataError, read_records, record_values, split_mask
 
 __all__ = ["SimilarityData", "load_similarity"]
 
@@ -26,14 +26,14 @@ def load_similarity(uri: str | Path, text_field: str = "text", pair_field: str =
                     score_field: str = "label", slice_field: str | None = None,
                     split: str | None = None) -> SimilarityData:
     records = read_records(uri)
-    keep = [i for i, k in enumerate(_split_mask(uri, records, split)) if k]
+    keep = [i for i, k in enumerate(split_mask(uri, records, split)) if k]
     if not keep:
         raise DataError(f"{uri}: field 'split' has no record equal to {split!r}")
     records = [records[i] for i in keep]
-    a, b = _field(uri, records, text_field), _field(uri, records, pair_field)
-    scores = [float(s) for s in _field(uri, records, score_field, (int, float))]
+    a, b = record_values(uri, records, text_field), record_values(uri, records, pair_field)
+    scores = [float(s) for s in record_values(uri, records, score_field, (int, float))]
     if len(set(scores)) < 2:
         raise DataError(f"{uri}: field '{score_field}' is constant; Spearman needs varied scores")
-    slices = _field(uri, records, slice_field) if slice_field is not None and all(
+    slices = record_values(uri, records, slice_field) if slice_field is not None and all(
         slice_field in r for r in records) else None
     return SimilarityData(tuple(a), tuple(b), tuple(scores), tuple(slices) if slices else None)

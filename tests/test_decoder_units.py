@@ -263,14 +263,14 @@ def test_llama_surgery_equals_masking_the_removed_units():
 
 
 def test_task_accuracy_rejects_hedged_answers():
-    from tierserve.pruning.lm import _task_metrics, answer_correct
+    from tierserve.pruning.lm import answer_correct, task_metrics
 
     choices = ["games", "science"]
     assert answer_correct("This package is about science.", "science", choices)
     assert answer_correct("It is a game.", "games", choices)  # singular/plural
     assert not answer_correct("This is a game or science.", "science", choices)  # a hedge
     assert not answer_correct("Scientific software", "science", choices)  # not the word
-    m = _task_metrics(["Science", "a game or science", "Games!"], ["science", "science", "games"])
+    m = task_metrics(["Science", "a game or science", "Games!"], ["science", "science", "games"])
     assert m == {"exact_match": 2 / 3, "accuracy": 2 / 3}
 
 

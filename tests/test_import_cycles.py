@@ -24,15 +24,7 @@ SCRIPTS = "benchmarks"
 KNOWN_CYCLES: frozenset[tuple[str, ...]] = frozenset()
 # (importing module, imported module, private name) still imported across modules: each waits on
 # its owner making the name public; empty once they have.
-KNOWN_PRIVATE: frozenset[tuple[str, str, str]] = frozenset({
-    ("tierserve.pruning.adapters.llama", "tierserve.pruning.adapters.common", "_check_keep"),
-    ("tierserve.pruning.pairs", "tierserve.pruning.data", "_field"),
-    ("tierserve.pruning.pairs", "tierserve.pruning.data", "_split_mask"),
-    ("benchmarks.decoder", "tierserve.pruning.lm", "_task_metrics"),
-    ("benchmarks.decoder", "tierserve.pruning.lm", "_prompt_ids"),
-    ("benchmarks.frontier_generation", "tierserve.pruning.lm", "_prompt_ids"),
-    ("benchmarks.frontier_generation", "tierserve.pruning.calibration", "_flops_ratio"),
-})
+KNOWN_PRIVATE: frozenset[tuple[str, str, str]] = frozenset()
 
 
 @functools.cache

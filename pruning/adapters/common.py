@@ -17,12 +17,12 @@ from torch import nn
 from ..surgery import head_columns, slice_linear_
 from .base import ArchAdapter, UnsupportedArchitectureError
 
-__all__ = ["EncoderAdapter", "STRUCTURE_KEY"]
+__all__ = ["EncoderAdapter", "STRUCTURE_KEY", "check_keep"]
 
 STRUCTURE_KEY = "tierserve_layers"  # config attribute: [{"heads": n, "intermediate": f}, ...]
 
 
-def _check_keep(what: str, keep: Sequence[int], width: int, i: int) -> list[int]:
+def check_keep(what: str, keep: Sequence[int], width: int, i: int) -> list[int]:
     keep = [int(k) for k in keep]
     if keep != sorted(set(keep)):
         raise ValueError(f"layer {i}: {what} to keep must be sorted and unique, got {keep}")
@@ -88,7 +88,7 @@ class EncoderAdapter(ArchAdapter):
         """Update the attention module's head-count attributes of layer i to `n`."""
 
     def keep_heads(self, i: int, keep: list[int]) -> None:
-        keep = _check_keep("heads", keep, self.num_heads(i), i)
+        keep = check_keep("heads", keep, self.num_heads(i), i)
         if not keep:
             raise ValueError(f"layer {i}: cannot keep 0 heads; remove the layer instead")
         h = self.handles(i)
@@ -99,14 +99,14 @@ class EncoderAdapter(ArchAdapter):
         self._set_num_heads(i, len(keep))
 
     def keep_neurons(self, i: int, keep: list[int]) -> None:
-        keep = _check_keep("neurons", keep, self.intermediate_size(i), i)
+        keep = check_keep("neurons", keep, self.intermediate_size(i), i)
         h = self.handles(i)
         for lin in h.ffn_in:
             slice_linear_(lin, rows=keep)
         slice_linear_(h.ffn_out, cols=keep)
 
     def keep_layers(self, keep: list[int]) -> None:
-        keep = _check_keep("layers", keep, self.num_layers, -1)
+        keep = check_keep("layers", keep, self.num_layers, -1)
         if not keep:
             raise ValueError("cannot remove every layer")
         owner = self.backbone

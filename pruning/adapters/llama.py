@@ -21,7 +21,7 @@ from collections import Counter
 
 from ..surgery import head_columns, slice_linear_
 from .base import LayerHandles
-from .common import _check_keep
+from .common import check_keep
 from .decoder import DecoderAdapter
 
 __all__ = ["LlamaAdapter", "kv_groups"]
@@ -61,7 +61,7 @@ class LlamaAdapter(DecoderAdapter):
         return self.num_heads(i) // self.num_kv_heads(i)
 
     def keep_heads(self, i: int, keep: list[int]) -> None:
-        keep = _check_keep("heads", keep, self.num_heads(i), i)
+        keep = check_keep("heads", keep, self.num_heads(i), i)
         if not keep:
             raise ValueError(f"layer {i}: cannot keep 0 heads; remove the layer instead")
         kv, per_group = kv_groups(keep, self.group_size(i), i)
