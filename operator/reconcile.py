@@ -303,7 +303,8 @@ def reconcile(spec: dict[str, Any], generation: int, status: dict[str, Any], obs
         parsed = parse_spec(spec)
         if data is not None:
             confine_data_paths(spec, *data)
-            if obs.job.state == "absent" and obs.report is None:  # no job yet: refuse a doomed one
+            if obs.job.state == "absent" and obs.report is None and _built(b, h) is None:
+                # no job yet (nor a version it built): refuse a doomed one
                 check_data(parsed, *data)  # files, splits (precheck.py)
         if extra_error:  # found by the caller's reads (secrets.py): InvalidSpec, no job
             raise SpecError(extra_error)

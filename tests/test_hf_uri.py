@@ -220,7 +220,8 @@ def test_non_hub_models_get_no_env_and_bad_secret_refs_are_refused():
     job = build_rayjob(owner({"uri": "pvc://models/minilm", "task": "embedding"}), "h",
                        OperatorConfig())
     head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    assert "env" not in head
+    # no Hub variable and no Secret: only the job's evaluation share (its own cluster: all of it)
+    assert head["env"] == [{"name": "TIERSERVE_EVAL_CPU_SHARE", "value": "1"}]
     with pytest.raises(SpecError, match="hfTokenSecret"):
         owner({"uri": "hf://a/b", "task": "embedding", "hfTokenSecret": {"key": "k"}})
 

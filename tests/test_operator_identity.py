@@ -1,4 +1,4 @@
-"""Issue 25, cases 1 and 4, with no stand-in: the real control plane, operators run by `kopf run`
+"""Issue 25, cases 1, 3 and 4, with no stand-in: the real control plane, operators run by `kopf run`
 under the chart's ServiceAccount, and the real local Ray (Jobs API and Serve) running real jobs.
 
 - Identity: `P-a/x` and `P/a-x` (the same spec) were one Ray job and one Serve app when names
@@ -7,6 +7,8 @@ under the chart's ServiceAccount, and the real local Ray (Jobs API and Serve) ru
 - Retry: a job that failed (a broken model directory) is run again by
   `kubectl annotate pm X tierserve.io/retry=...` as attempt 2 with a fresh job, and its first
   attempt stays in status; delete and re-create starts fresh too (never the old job's record).
+- Leakage: calibration without its split (so the evaluation queries are calibration queries too)
+  ends `Failed` with outcome and condition reason `DataLeak`, and is never promoted.
 """
 
 from __future__ import annotations
@@ -157,6 +159,35 @@ def test_a_failed_object_is_retried_by_annotation_and_recreated_fresh(
         assert "attempts" not in st and st.get("attempt", 1) == 1
         assert len(_jobs(url, ns, "r")) == 3  # a job of its own, none adopted
         cp.kubectl("delete", "-n", ns, "pm", "r", "--wait=true", timeout=180)
+        assert patch_log_errors(tmp_path / "patches.jsonl") == []
+    finally:
+        op.stop()
+
+
+def test_leaked_rows_fail_the_object_with_data_leak_and_never_promote_it(
+        control_plane, namespace, ray_cluster, tmp_path):
+    """Issue 25, case 3: calibration without its split reads every query, the evaluation
+    queries among them; the job refuses before pruning and the object ends DataLeak."""
+    cp, ns, url = control_plane, namespace, ray_cluster.dashboard_url
+    install_crds(cp)
+    op = _operator(cp, ns, tmp_path, url)
+    try:
+        spec = tiny_spec(tmp_path / "data")
+        del spec["data"]["calibration"]["split"]
+        cp.kubectl("apply", "-n", ns, "-f", "-", input=manifest("leak", spec))
+        st = wait_for(lambda: phase_is(cp, ns, "leak", "Failed", "Serving", "GatesFailed"), 300,
+                      "leak: a terminal phase", 2)
+        assert st["phase"] == "Failed" and st["outcome"] == "DataLeak", st
+        pruned = next(c for c in st["conditions"] if c["type"] == "Pruned")
+        assert pruned["reason"] == "DataLeak" and "spec.data.calibration.split" in pruned["message"]
+        assert "serving" not in st and "endpoint" not in st  # never promoted
+        assert f"{ns}.leak" not in (raycluster.get_apps(url).get("applications") or {})
+        # the same data with the overlap accepted (and its reason recorded) runs the job
+        spec["data"]["allowOverlap"] = {"reason": "test: calibration knowingly includes them"}
+        cp.kubectl("apply", "-n", ns, "-f", "-", input=manifest("leak", spec))
+        wait_for(lambda: phase_is(cp, ns, "leak", "Pruning", "Validating", "Deploying",
+                                  "Serving"), 180, "leak: the accepted spec runs", 2)
+        cp.kubectl("delete", "-n", ns, "pm", "leak", "--wait=true", timeout=180)
         assert patch_log_errors(tmp_path / "patches.jsonl") == []
     finally:
         op.stop()
