@@ -3,7 +3,7 @@
 
     python benchmarks/decoder.py [--quick] [--out benchmarks/results/decoder.json]
     python benchmarks/decoder.py --no-rescale --levels 0.25 --structures layers \
-        --distill-steps 300 --distill-seconds 720 --save-models     # issue #13's decoder rows
+        --distill-steps 300 --distill-seconds 720 --save-models     # the decoder distillation rows
 
 Per row, side by side on the same held-out text (examples/data/lm, split test):
 - perplexity full / pruned and `ppl_kept` = full / pruned (1.0 = nothing lost);
@@ -123,7 +123,7 @@ def _row(full, scores, batches, shape, test, prompts, base, structures, level, s
 
 def chat_continuations(full, prompts: list[str], tokens: int = 32) -> list[str]:
     """Each prompt as the served tier sees it (chat template) followed by the full model's
-    greedy answer and its end-of-turn token: the decoder distillation texts of issue #13."""
+    greedy answer and its end-of-turn token: the decoder distillation texts."""
     from tierserve.pruning.lm import encode_prompts, generate_batch
 
     tok = full.processor
@@ -268,10 +268,10 @@ def _markdown(doc: dict) -> str:
 
 
 def _distill_markdown(rows: list[dict]) -> list[str]:
-    """Distilled vs undistilled, side by side (issue #13 goals: ppl ratio <= 1.3, task >= 0.9)."""
+    """Distilled vs undistilled, side by side (goals: ppl ratio <= 1.3, task >= 0.9)."""
     if not rows:
         return []
-    lines = ["", "## Distillation (issue #13): distilled vs undistilled, same test data", "",
+    lines = ["", "## Distillation: distilled vs undistilled, same test data", "",
              "Token-level KL to the full model on the calibration texts and the calibration "
              "prompts followed by the full model's greedy answers (chat template); judged on the "
              "test split. Goals: perplexity ratio (pruned/full) <= 1.3, task accuracy ratio "

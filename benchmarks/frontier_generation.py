@@ -1,4 +1,4 @@
-"""The savings frontier for text generation (issue #15): SmolLM2-135M-Instruct against its own
+"""The savings frontier for text generation: SmolLM2-135M-Instruct against its own
 pruned copy, cascade on the pruned answer's mean token log-probability.
 
     python benchmarks/serving.py --frontier --tasks generation [--distill-steps N]
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data" / "lm" / "lm.jsonl.gz"
 DEFAULT_MODEL = ROOT / "runs" / "decoder" / "layers-0.25-distilled"
 MAX_NEW_TOKENS = 8  # the task's answers are one word; the router's cascade is calibrated on this
-LEVEL = 0.25  # per-token FLOPs removed (issue #13's decoder row)
+LEVEL = 0.25  # per-token FLOPs removed (the decoder benchmark's row)
 RATIO_PROMPTS = 4  # held-out prompts both tiers generate in each timing round
 
 __all__ = ["GenOutcome", "cascade_savings", "generation_frontier", "run_generation"]

@@ -59,7 +59,7 @@ def savings_three_ways(target: str, text: str, name: str = "frontier") -> dict:
     """The replay's savings (USD) as (a) the stats actor's own totals (what `tierserve run`
     prints), (b) the /metrics counters, (c) the dashboard's savings panel PromQL (from the
     generated JSON) evaluated by a real Prometheus scraping the router; and their max relative
-    difference (issue 15: within 2%)."""
+    difference (within 2%)."""
     import ray
     from promcheck import evaluate
 

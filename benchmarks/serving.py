@@ -194,7 +194,7 @@ def _table(result: dict) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "--frontier" in argv:  # the savings frontier: benchmarks/frontier.py (issue 15)
+    if "--frontier" in argv:  # the savings frontier: benchmarks/frontier.py
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import frontier
 
@@ -341,7 +341,7 @@ def _run_default(spec_doc: dict, out: str) -> None:
 
 
 def _merge(dest: Path, result: dict) -> dict:
-    """Merge into the existing file: other keys (e.g. issue 15's `frontier`) are kept, and
+    """Merge into the existing file: other keys (e.g. the frontier's `frontier`) are kept, and
     `overhead_ms` is merged key by key."""
     old = json.loads(dest.read_text()) if dest.exists() else {}
     merged = {**old, **result}

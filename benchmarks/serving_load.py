@@ -1,4 +1,4 @@
-"""Load, fault and hop-overhead measurements for benchmarks/serving.py (issue 14).
+"""Load, fault and hop-overhead measurements for benchmarks/serving.py.
 
 - `load_table`: closed-loop HTTP clients at each level, for a one-query (`1q`) and a 32-text
   (`32t`) /v1/embed body: rows {body, clients, rps, p50_ms, p99_ms, errors}.

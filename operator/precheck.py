@@ -1,4 +1,4 @@
-"""What the operator can check about a spec's data without running the job (issue 25 item 6).
+"""What the operator can check about a spec's data without running the job.
 
 Run after `confine_data_paths` and before a job is launched; a failure is a `SpecError` naming the
 spec field, so the object ends `Failed/InvalidSpec` and no doomed job starts:

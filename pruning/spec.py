@@ -280,7 +280,7 @@ class ServingSpec(_Model):
     pruned_weight: Fraction = Field(0.8, description="split: share of traffic to pruned")
     target_agreement: Fraction = Field(0.99, description="cascade: calibrated agreement with full; shadow: the gate")
     cascade_threshold: float | None = Field(None, description="cascade: override the job's calibrated threshold")
-    # -- routing and calibration (issue 15) --
+    # -- routing and calibration --
     calibration_delta: float | None = Field(0.05, gt=0.0, lt=0.5, description=(
         "cascade: Learn-then-Test calibration on spec.data.validation (the default); agreement "
         "on new traffic >= targetAgreement with probability >= 1 - this. A validation set too "

@@ -1,5 +1,5 @@
-"""The pruned tier served inside the router replica (`spec.serving.router.colocatePruned`,
-issue 14): routine traffic takes one hop (proxy -> router), and only escalations, fallbacks and
+"""The pruned tier served inside the router replica (`spec.serving.router.colocatePruned`):
+routine traffic takes one hop (proxy -> router), and only escalations, fallbacks and
 full-routed requests take a second (router -> full).
 
 `LocalTier` runs the same `Tier` code (batching, micro-batches off the event loop, cancellation,

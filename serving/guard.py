@@ -1,4 +1,4 @@
-"""The router's guards on the request path (issue 14), as a mixin of `Router`: admission by size
+"""The router's guards on the request path, as a mixin of `Router`: admission by size
 (413), bounded full calls (503 + Retry-After on back-pressure, timeout or a down tier), per-tier
 circuits opened by actor-death errors or silent health checks and closed by a probe, and each
 answer's metric events in the replica's write-ahead journal before it leaves (`_commit`,

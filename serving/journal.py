@@ -1,4 +1,4 @@
-"""The router's write-ahead record of metric events (issue 14: a killed router loses no answered
+"""The router's write-ahead record of metric events (a killed router loses no answered
 request from the metrics, and the reply does not wait on an actor round trip for it).
 
 Before a reply leaves, the router appends the events buffered so far to its own journal file with

@@ -1,4 +1,4 @@
-"""The fair baseline for the router's overhead (issue 14): ONE model tier behind the same HTTP
+"""The fair baseline for the router's overhead: ONE model tier behind the same HTTP
 proxy, answering `/v1/embed` and `/v1/rerank` itself, through the same FastAPI surface (schemas,
 `Limits` middleware) and the same batched tier code, but with no router hop.
 

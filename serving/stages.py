@@ -1,4 +1,4 @@
-"""Where a routed request's time goes (issue 14), pure: per-stage milliseconds the router sends
+"""Where a routed request's time goes, pure: per-stage milliseconds the router sends
 in the `x-tierserve-stages` header, e.g. `decide=0.041;pruned_hop=1.210;pruned_replica=17.9;
 commit=0.052`:
 
