@@ -194,7 +194,7 @@ class RayClusterBackend:
                 env_vars={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                           # the rest of the shared cluster stays free for Serve replicas
                           "TIERSERVE_EVAL_CPU_SHARE": str(self.cfg.eval_cpu_share)},
-                metadata={"tierserve.io/prunedmodel": pm["metadata"]["name"]},
+                metadata={names.LABEL_MODEL: pm["metadata"]["name"]},
                 num_cpus=self.cfg.job_cpus)
             events += _job_event(f"Ray job {sid}", created)
         if d.stop_job:  # pending past its deadline: the outcome is in status, the job goes

@@ -38,7 +38,7 @@ from urllib.parse import unquote
 
 from tierserve.pruning.spec import SpecError
 
-__all__ = ["DATA_FIELDS", "SOURCES", "base_dir", "confine_data_paths", "resolve_data_paths"]
+__all__ = ["DATA_FIELDS", "SOURCES", "base_dir", "confine_data_paths", "resolve_data_paths", "under"]
 
 SOURCES = ("calibration", "validation", "evaluation", "distillation")
 DATA_FIELDS = ("uri", "queries", "corpus", "qrels")
@@ -71,7 +71,7 @@ def resolve_data_paths(spec: dict[str, Any], default_base: str | None) -> dict[s
     return out
 
 
-def _under(path: str, root: str) -> bool:
+def under(path: str, root: str) -> bool:
     """`path` is `root` or inside it (both absolute and normalised, POSIX)."""
     root = root.rstrip("/") or "/"
     return path == root or path.startswith(root if root == "/" else root + "/")
@@ -108,7 +108,7 @@ def _check(field: str, value: str, base: str | None, roots: Sequence[str]) -> No
             if _climbs(path):
                 raise SpecError(f"{field}: {value!r} leaves the job's working directory (..)")
             return
-    if not any(_under(path, posixpath.normpath(r)) for r in roots):
+    if not any(under(path, posixpath.normpath(r)) for r in roots):
         allowed = ", ".join(roots) if roots else "none are allowed"
         raise SpecError(f"{field}: {value!r} resolves to {path}, outside the data roots the "
                         f"operator allows (TIERSERVE_DATA_ROOTS: {allowed})")

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from .names import LABEL_MODEL
 from .state import ServeState
 
 __all__ = ["cpu_holders", "describe", "holdings", "with_holders"]
@@ -33,7 +34,6 @@ __all__ = ["cpu_holders", "describe", "holdings", "with_holders"]
 TIMEOUT_S = 5.0
 LIMIT = 1000  # rows per state API list; a cluster with more holders is summarized anyway
 SHOWN = 4  # holders named in the line; the rest are counted
-_META = "tierserve.io/prunedmodel"
 Held = dict[str, dict[str, float]]  # holder -> {what: CPUs}
 
 
@@ -71,7 +71,7 @@ def _job_label(holder: str, jobs: Mapping[str, dict]) -> str:
     if not holder.startswith("job ") or job is None:
         return holder
     label = f"job {job.get('submission_id') or job.get('job_id')}"
-    owner = (job.get("metadata") or {}).get(_META)
+    owner = (job.get("metadata") or {}).get(LABEL_MODEL)
     return f"{label} (PrunedModel {owner})" if owner else label
 
 

@@ -35,6 +35,8 @@ from tierserve.pruning.datapath import name_field
 from tierserve.pruning.spec import DataSource, PrunedModelSpec, SpecError
 from tierserve.pruning.tasks import Task
 
+from .datapaths import under
+
 __all__ = ["MAX_READ_BYTES", "check_data", "required_fields"]
 
 MAX_READ_BYTES = 32 << 20  # 32 MiB on disk (gzip: a few hundred MiB of JSON): larger, existence only
@@ -71,8 +73,7 @@ def _visible(value: str, base: str | None, roots: Sequence[str]) -> str | None:
         text = posixpath.join(base, text)
     path = posixpath.normpath(text)
     for root in roots:
-        root = posixpath.normpath(root)
-        if (path == root or path.startswith(root.rstrip("/") + "/")) and os.path.isdir(root):
+        if under(path, posixpath.normpath(root)) and os.path.isdir(root):
             return path
     return None
 
@@ -97,8 +98,7 @@ def _check_file(field: str, value: str, path: str, roots: Sequence[str]) -> None
     if not os.path.lexists(path):
         raise SpecError(f"{field}: file not found: {path}" + ("" if value == path else f" ({value!r})"))
     real = os.path.realpath(path)
-    if not any(real == r or real.startswith(r.rstrip("/") + "/")
-               for r in (os.path.realpath(x) for x in roots)):
+    if not any(under(real, os.path.realpath(r)) for r in roots):
         raise SpecError(f"{field}: {value!r} resolves to {real} (symlinks followed), outside the "
                         f"data roots the operator allows ({', '.join(roots)})")
     if not os.path.isfile(real):
